@@ -1,0 +1,1 @@
+"""Linear-probe evaluation of pretrained backbones."""

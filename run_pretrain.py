@@ -1,0 +1,8 @@
+#!/usr/bin/env python3
+"""Self-supervised pretraining: python run_pretrain.py [--config PATH] [--set key=value ...] [--resume]"""
+import sys
+
+from sslkit.cli import pretrain_main
+
+if __name__ == "__main__":
+    sys.exit(pretrain_main())

@@ -1,0 +1,70 @@
+"""pyproject.toml, environment.yml and the Makefile/CI stay consistent."""
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+
+import yaml
+
+from conftest import ROOT
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# pip name -> conda name, where they differ (faiss-cpu on pip <-> faiss-gpu for conda users)
+CONDA_NAME = {"torch": "pytorch", "faiss-cpu": "faiss-gpu"}
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", req.strip(), maxsplit=1)[0].lower()
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_runtime_dependencies():
+    deps = {_name(d) for d in _pyproject()["project"]["dependencies"]}
+    assert deps == {"torch", "torchvision", "kornia", "faiss-cpu", "tensorboard", "pyyaml",
+                    "tqdm"}
+    assert _pyproject()["project"]["requires-python"] == ">=3.10"
+    extras = _pyproject()["project"]["optional-dependencies"]
+    assert any("faiss-gpu" in d for d in extras["gpu"])
+    assert "pytest" in {_name(d) for d in extras["dev"]}
+
+
+def test_environment_yml_covers_every_runtime_dependency():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda, pip = set(), []
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            pip += dep.get("pip", [])
+        else:
+            conda.add(_name(dep))
+    for dep in _pyproject()["project"]["dependencies"]:
+        name = _name(dep)
+        assert CONDA_NAME.get(name, name) in conda, f"{name} missing from environment.yml"
+    assert "faiss-cpu" not in conda  # GPU users get the GPU build
+    assert "python" in conda and "pytorch-gpu" in conda
+    assert "-e ." in pip
+
+
+def test_console_scripts_resolve():
+    scripts = _pyproject()["project"]["scripts"]
+    assert set(scripts) == {"sslkit-pretrain", "sslkit-lincls"}
+    for target in scripts.values():
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func))
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci/run").read_text()
+    assert "make test" in readme and "make demo" in readme
+    assert "make test" in ci and "dataset-fashion-mnist" in ci
+    assert "conda env create -f environment.yml" in readme
+    gitignore = (ROOT / ".gitignore").read_text().split()
+    assert {".venv/", "runs/", "data/"} <= set(gitignore)
