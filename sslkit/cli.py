@@ -7,6 +7,7 @@ Exit codes: 0 ok; 2 a user error, printed as ONE line ``error: ...`` on stderr (
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -15,7 +16,7 @@ from sslkit.errors import UserError
 DEMO_CONFIG = "configs/demo.yaml"
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad command line as one ``error:`` line (exit 2)."""
 
     def error(self, message: str):  # noqa: D401 - argparse API
@@ -34,8 +35,16 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return [item for group in args.overrides for item in group]
 
 
+def demo_config_path() -> str:
+    """configs/demo.yaml from the working directory, else from the source checkout."""
+    if os.path.isfile(DEMO_CONFIG):
+        return DEMO_CONFIG
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), DEMO_CONFIG)
+    return here if os.path.isfile(here) else DEMO_CONFIG
+
+
 def pretrain_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="run_pretrain.py",
+    p = OneLineParser(prog="run_pretrain.py",
                 description="Self-supervised pretraining (MoCo-v2 / MoCo-v3, optional "
                             "BatchFormer). Writes config.yaml, metrics.jsonl, tb/, "
                             "checkpoints/last.pt and backbone.pt to run.output_dir.")
@@ -49,7 +58,7 @@ def pretrain_parser() -> argparse.ArgumentParser:
 
 
 def lincls_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="run_lincls.py",
+    p = OneLineParser(prog="run_lincls.py",
                 description="Evaluate a pretrained backbone: kNN (FAISS) and a linear probe "
                             "(eval.mode: standard = the papers' protocol, cached = fast "
                             "cached-feature grid). Writes eval.json into the run directory.")
@@ -66,10 +75,11 @@ def lincls_parser() -> argparse.ArgumentParser:
 def _pretrain(argv: Sequence[str] | None) -> int:
     args = pretrain_parser().parse_args(argv)
     from sslkit import config as config_mod
+
+    path = args.config if args.config is not None else demo_config_path()
+    cfg = config_mod.load(path, _overrides(args))  # config errors before torch is imported
     from sslkit.engine import pretrain
 
-    path = args.config if args.config is not None else DEMO_CONFIG
-    cfg = config_mod.load(path, _overrides(args))
     pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
     return 0
 
@@ -86,7 +96,7 @@ def _lincls(argv: Sequence[str] | None) -> int:
     return 0
 
 
-def _guard(fn: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
+def guard(fn: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
     try:
         return fn(argv)
     except UserError as e:
@@ -100,11 +110,11 @@ def _guard(fn: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None
 
 
 def pretrain_main(argv: Sequence[str] | None = None) -> int:
-    return _guard(_pretrain, argv)
+    return guard(_pretrain, argv)
 
 
 def lincls_main(argv: Sequence[str] | None = None) -> int:
-    return _guard(_lincls, argv)
+    return guard(_lincls, argv)
 
 
 def pretrain_entry() -> None:  # console script ``sslkit-pretrain``

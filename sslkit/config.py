@@ -99,6 +99,8 @@ class ModelConfig:
     backbone: Literal["resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small",
                       "vit_base"] = _f("resnet18")
     cifar_stem: bool = _f(False, help="3x3 stride-1 conv1, no maxpool (for 28-32 px images)")
+    maxpool: Optional[bool] = _f(None, help="ResNet stem max-pool (null: kept unless "
+                                 "cifar_stem; true with cifar_stem halves the maps, ~2.5x faster)")
     width: int = _f(64, ge=1, help="ResNet base width (64 = torchvision)")
     zero_init_residual: bool = _f(False)
     patch_size: int = _f(16, ge=1, help="ViT patch size")
@@ -115,12 +117,16 @@ class MethodConfig:
     momentum: Optional[float] = _f(None, ge=0, le=1, help="EMA momentum (start value)")
     momentum_schedule: Optional[Literal["constant", "cosine"]] = _f(None)
     proj_dim: Optional[int] = _f(None, ge=1)
-    proj_hidden_dim: Optional[int] = _f(None, ge=1)
+    proj_hidden_dim: Optional[int] = _f(None, ge=1, help="MoCo-v2: null = the backbone's "
+                                        "feature dim (the official D-D-128 head)")
     proj_layers: Optional[int] = _f(None, ge=1)
     proj_bn: Optional[bool] = _f(None, help="BN in the projector's hidden layers")
     pred_hidden_dim: Optional[int] = _f(None, ge=1, help="MoCo-v3 predictor width")
     symmetric: bool = _f(False, help="MoCo-v2: symmetric loss (MoCo-v3 always is)")
-    shuffle_bn: bool = _f(True, help="MoCo-v2: shuffle BN for the key encoder under DDP")
+    shuffle_bn: bool = _f(True, help="MoCo-v2: shuffle BN for the key encoder (across "
+                          "processes; in one process emulated with bn_splits groups)")
+    bn_splits: int = _f(8, ge=1, help="MoCo-v2 in one process: BN statistics per group of "
+                        "the batch (1 = plain BN, which leaks the positive)")
     sync_bn: bool = _f(False)
 
 
@@ -468,9 +474,10 @@ def _is_vit(cfg: Config) -> bool:
 
 def method_defaults(cfg: Config) -> dict[str, Any]:
     """The papers' defaults for keys left null (REFERENCES.md: MoCo-v2, MoCo-v3)."""
-    if cfg.method.name == "mocov2":  # MoCo-v2: K=65536, m=0.999, T=0.2, 2048-2048-128 no BN
+    if cfg.method.name == "mocov2":  # MoCo-v2: K=65536, m=0.999, T=0.2, head D-D-128 no BN
+        # proj_hidden_dim stays null: the backbone's feature dim (2048 for a ResNet-50)
         return dict(temperature=0.2, queue_size=65536, momentum=0.999,
-                    momentum_schedule="constant", proj_dim=128, proj_hidden_dim=2048,
+                    momentum_schedule="constant", proj_dim=128, proj_hidden_dim=None,
                     proj_layers=2, proj_bn=False, pred_hidden_dim=None)
     vit = _is_vit(cfg)  # MoCo-v3: T=1.0 (ResNet) / 0.2 (ViT), m cosine 0.99 -> 1
     return dict(temperature=0.2 if vit else 1.0, queue_size=None, momentum=0.99,
@@ -500,6 +507,11 @@ def validate(cfg: Config) -> None:
                 f"enqueued per step ({per_step} = train.batch_size"
                 f"{' x 2 (symmetric)' if cfg.method.symmetric else ''}); e.g. "
                 f"--set method.queue_size={max(per_step, cfg.method.queue_size // per_step * per_step)}")
+    if (cfg.method.name == "mocov2" and cfg.method.shuffle_bn and cfg.method.bn_splits > 1
+            and cfg.train.batch_size % cfg.method.bn_splits):
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by "
+                          f"method.bn_splits={cfg.method.bn_splits} (shuffle-BN groups); "
+                          f"change one of them, or --set method.bn_splits=1")
     if cfg.data.mean is not None and len(cfg.data.mean) not in (1, cfg.data.channels):
         raise ConfigError(f"data.mean has {len(cfg.data.mean)} values; data.channels="
                           f"{cfg.data.channels} needs {cfg.data.channels}")

@@ -78,6 +78,7 @@ def test_method_defaults_follow_the_papers():
     v2 = config.build({})
     assert (v2.method.temperature, v2.method.queue_size, v2.method.momentum,
             v2.method.proj_dim, v2.method.proj_bn) == (0.2, 65536, 0.999, 128, False)
+    assert v2.method.proj_hidden_dim is None  # = the backbone's feature dim (D-D-128 head)
     v3 = config.build({"method": {"name": "mocov3"}})
     assert (v3.method.temperature, v3.method.momentum, v3.method.momentum_schedule,
             v3.method.proj_dim, v3.method.proj_hidden_dim, v3.method.proj_layers) == (

@@ -1,0 +1,88 @@
+"""Shared pieces of the benchmark scripts: machine description, timing, docs/benchmarks.md."""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def cpu_model() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return model
+
+
+def machine(device: torch.device | None = None) -> str:
+    """The GPU's name, or the CPU model, core count and load (other jobs on the machine)."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    load = f", load {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    return f"{cpu_model()}, {os.cpu_count()} cores{load}"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_pair(fn_a: Callable, fn_b: Callable, device: torch.device,
+               repeats: int) -> tuple[float, float]:
+    """Median seconds of ``fn_a`` and ``fn_b``, timed alternately (a, b, a, b, ...) after one
+    warm-up each, so that both see the same background load on a shared machine."""
+    return tuple(timed_alternately([fn_a, fn_b], device, repeats))  # type: ignore[return-value]
+
+
+def timed_alternately(fns: Sequence[Callable], device: torch.device,
+                      repeats: int) -> list[float]:
+    """Median seconds of each function, timed round-robin after one warm-up each."""
+    for fn in fns:
+        fn()
+    sync(device)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, out in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            out.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def median_time(fn: Callable, repeats: int):
+    """(median seconds, last result) of ``repeats`` calls of ``fn``."""
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def write_rows(section: str, header: str, rows: list[str], path: Path = DOC) -> None:
+    """Append ``rows`` to the table under ``section`` in docs/benchmarks.md (the section and
+    its table header are created when missing)."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if section not in text:
+        text = text.rstrip("\n") + f"\n\n{section}\n\n{header}\n"
+    lines = text.split("\n")
+    start = lines.index(section)
+    end = start + 1
+    while end < len(lines) and not lines[end].startswith("## "):
+        end += 1
+    last_row = max(i for i in range(start, end) if lines[i].startswith("|"))
+    lines[last_row + 1:last_row + 1] = rows
+    path.write_text("\n".join(lines))

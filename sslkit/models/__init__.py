@@ -1,0 +1,1 @@
+"""Networks: backbones (torchvision ResNet / ViT without classifier), heads, BatchFormer."""
