@@ -1,0 +1,121 @@
+"""Process-group helpers for torchrun + DistributedDataParallel.
+
+A plain single process (no launcher) is the world of size 1: every helper then works without
+initialising anything. Under ``torchrun`` the environment gives RANK / WORLD_SIZE /
+LOCAL_RANK and :func:`init_distributed` joins the group (NCCL on CUDA, gloo on CPU).
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def get_local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def init_distributed(device_type: str) -> bool:
+    """Join the process group torchrun describes; returns whether running distributed.
+
+    NCCL when training on CUDA (each process takes GPU ``LOCAL_RANK``), gloo on the CPU.
+    """
+    if is_distributed():
+        return True
+    if not launched_by_torchrun():
+        return False
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        torch.cuda.set_device(get_local_rank())
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def destroy_distributed() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+@contextmanager
+def main_process_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. a download), then the others."""
+    if not is_main_process():
+        barrier()
+    yield
+    if is_main_process():
+        barrier()
+
+
+@torch.no_grad()
+def all_gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` (N, ...) from every rank along dim 0, rank order; no gradient.
+
+    Every rank must pass a tensor of the same shape.
+    """
+    if get_world_size() == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(get_world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out, dim=0)
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Like :func:`all_gather`, but gradients flow back to each rank's own slice."""
+    if get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather as _ag
+
+    return torch.cat(_ag(x.contiguous()), dim=0)
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over ranks (a copy; ``x`` is unchanged)."""
+    if get_world_size() == 1:
+        return x
+    y = x.detach().clone()
+    dist.all_reduce(y)
+    return y / get_world_size()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` (picklable) from rank ``src`` on every rank."""
+    if get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src)
+    return box[0]
+
+
+def broadcast_(x: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """In-place broadcast of ``x`` from ``src`` to every rank."""
+    if get_world_size() > 1:
+        dist.broadcast(x, src)
+    return x
