@@ -1,0 +1,36 @@
+"""A tiny, fast configuration for end-to-end tests (synthetic data, narrow ResNet-18)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sslkit import config
+
+
+def tiny_overrides(out: Path | str, method: str = "mocov2", bf: bool = False,
+                   epochs: int = 2, extra: list[str] | None = None) -> list[str]:
+    items = [
+        f"run.output_dir={out}", "run.device=cpu", "run.precision=fp32", "run.seed=0",
+        "run.log_every_steps=1", "run.progress=false", "run.aug_grid_every=1",
+        "data.name=synthetic", "data.image_size=16", "data.channels=3",
+        "data.synthetic_train=64", "data.synthetic_test=32", "data.synthetic_classes=4",
+        "data.num_workers=0",
+        "model.backbone=resnet18", "model.cifar_stem=true", "model.width=4",
+        f"method.name={method}", "method.proj_hidden_dim=32", "method.proj_dim=16",
+        f"batchformer.enabled={str(bf).lower()}", "batchformer.heads=2",
+        "optim.lr=0.05", "train.batch_size=16", f"train.epochs={epochs}",
+        "eval.knn_k=5", "eval.knn_every=1", "eval.batch_size=32", "eval.embedding_samples=0",
+        "eval.epochs=2", "eval.knn_ks=[5]", "eval.knn_ts=[0.1]",
+    ]
+    if method == "mocov2":
+        items.append("method.queue_size=64")
+    else:
+        items.append("method.pred_hidden_dim=32")
+    return items + list(extra or [])
+
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+def tiny_config(out: Path | str, **kw) -> config.Config:
+    """What ``run_pretrain.py --set <tiny_overrides>`` runs: demo.yaml plus the overrides."""
+    return config.load(DEMO, tiny_overrides(out, **kw))

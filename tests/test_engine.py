@@ -1,0 +1,155 @@
+"""Training engine end to end: run directory contract, resume, export, NaN stop, no clobber."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torchvision
+
+from conftest import assert_one_line_error, run_cli
+from helpers_tiny import tiny_config, tiny_overrides
+from sslkit import config
+from sslkit.checkpoint import load_checkpoint, load_state_dict_file
+from sslkit.engine import Trainer, TrainingDiverged, pretrain
+
+
+def _sets(items: list[str]) -> list[str]:
+    out = []
+    for it in items:
+        out += ["--set", it]
+    return out
+
+
+@pytest.mark.parametrize("method, bf", [("mocov2", False), ("mocov2", True),
+                                        ("mocov3", False), ("mocov3", True)])
+def test_run_pretrain_end_to_end(tmp_path, method, bf):
+    out = tmp_path / "run"
+    proc = run_cli("run_pretrain.py", *_sets(tiny_overrides(out, method=method, bf=bf)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "run directory" in proc.stdout  # the final summary names the paths
+    # the run-directory contract
+    cfg = config.load(out / "config.yaml")
+    assert cfg == tiny_config(out, method=method, bf=bf)
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in lines if "loss" in r]
+    knn = [r for r in lines if "knn_top1" in r]
+    assert [r["step"] for r in train] == list(range(1, 9))  # 64 / 16 = 4 steps x 2 epochs
+    for r in train:
+        assert {"step", "epoch", "loss", "lr", "img_per_s", "pos_sim", "neg_sim"} <= set(r)
+        assert math.isfinite(r["loss"])
+        if bf:
+            assert math.isfinite(r["loss_plain"]) and math.isfinite(r["loss_bf"])
+    assert len(knn) == 2 and all(0 <= r["knn_top1"] <= 100 for r in knn)
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert {"model", "optimizer", "epoch", "step", "config"} <= set(ckpt)
+    assert ckpt["step"] == 8 and ckpt["epoch"] == 2
+    assert any("momentum" in k for k in ckpt["model"])
+    assert any("batchformer" in k for k in ckpt["model"]) == bf
+    state = load_state_dict_file(out / "backbone.pt")
+    assert not any(k.startswith(("batchformer", "momentum", "projector", "predictor"))
+                   for k in state)
+
+
+def test_resume_gives_identical_weights(tmp_path):
+    extra = ["train.checkpoint_every_steps=3", "batchformer.dropout=0.5"]
+    full = tiny_config(tmp_path / "full", bf=True, epochs=3, extra=extra)
+    pretrain(full)
+    part = tiny_config(tmp_path / "part", bf=True, epochs=3, extra=extra)
+    pretrain(part, stop_after_steps=7)  # checkpoints at 3, 4 (epoch end) and 6
+    assert load_checkpoint(tmp_path / "part/checkpoints/last.pt")["step"] == 6
+    pretrain(part, resume=True)  # continues mid-epoch from step 6
+    a = load_checkpoint(tmp_path / "full/checkpoints/last.pt")
+    b = load_checkpoint(tmp_path / "part/checkpoints/last.pt")
+    assert a["step"] == b["step"] == 12
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    # the metrics file holds each step once
+    steps = [json.loads(ln)["step"] for ln in
+             (tmp_path / "part/metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(ln)]
+    assert steps == list(range(1, 13))
+
+
+def test_export_matches_trained_backbone_and_loads_into_torchvision(tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_config(out, bf=True, epochs=1, extra=["model.width=64", "eval.knn_every=0",
+                                                     "data.synthetic_train=32"])
+    trainer = Trainer(cfg)
+    trainer.fit()
+    state = load_state_dict_file(out / "backbone.pt")
+    # a torchvision ResNet-18 with the same (CIFAR) stem loads it strictly, minus fc
+    tv = torchvision.models.resnet18()
+    tv.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    tv.maxpool = torch.nn.Identity()
+    tv.fc = torch.nn.Identity()
+    tv.load_state_dict(state, strict=True)
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(tv.eval()(x), trainer.method.backbone.eval()(x))
+    # python -m sslkit.export writes the same weights
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "sslkit.export",
+                           str(out / "checkpoints/last.pt"), str(tmp_path / "exp.pt")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    exp = load_state_dict_file(tmp_path / "exp.pt")
+    assert exp.keys() == state.keys() and all(torch.equal(exp[k], state[k]) for k in state)
+
+
+def test_nan_loss_stops_and_keeps_last_finite_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path / "run", epochs=3, extra=["eval.knn_every=0"])
+    trainer = Trainer(cfg)
+    real = trainer.model
+    calls = {"n": 0}
+
+    def faulty(v1, v2):
+        calls["n"] += 1
+        loss, stats = real(v1, v2)
+        return (loss * float("nan") if calls["n"] == 6 else loss), stats
+
+    trainer.model = faulty
+    with pytest.raises(TrainingDiverged, match="at step 6 "):
+        trainer.fit()
+    ckpt = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
+    assert ckpt["step"] == 4  # the epoch-1 checkpoint, untouched
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_nan_skip_policy_counts(tmp_path):
+    cfg = tiny_config(tmp_path / "run", epochs=1, extra=["eval.knn_every=0",
+                                                         "train.nan_policy=skip"])
+    trainer = Trainer(cfg)
+    real = trainer.model
+    calls = {"n": 0}
+
+    def faulty(v1, v2):
+        calls["n"] += 1
+        loss, stats = real(v1, v2)
+        return (loss * float("inf") if calls["n"] == 2 else loss), stats
+
+    trainer.model = faulty
+    summary = trainer.fit()
+    assert summary.skipped_steps == 1 and summary.steps == 4
+
+
+def test_refuses_to_clobber_another_run(tmp_path):
+    out = tmp_path / "run"
+    items = tiny_overrides(out, epochs=1, extra=["eval.knn_every=0"])
+    assert run_cli("run_pretrain.py", *_sets(items)).returncode == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    proc = run_cli("run_pretrain.py", *_sets(items + ["optim.lr=0.1"]))
+    assert_one_line_error(proc, "already holds a run", "--resume", "--overwrite")
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert before == after
+    # resume with nothing to resume
+    proc = run_cli("run_pretrain.py", "--resume", *_sets(tiny_overrides(tmp_path / "empty")))
+    assert_one_line_error(proc, "nothing to resume")
+    assert not (tmp_path / "empty").exists()
+    # an explicit --overwrite starts afresh
+    proc = run_cli("run_pretrain.py", "--overwrite", *_sets(items + ["optim.lr=0.1"]))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert config.load(out / "config.yaml").optim.lr == 0.1
