@@ -248,8 +248,17 @@ def _is_str_key(key: str) -> bool:
     return tp is str or (typing.get_origin(tp) is Union and str in typing.get_args(tp))
 
 
+# Names other toolkits use for our keys: a spelling match would miss these.
+_ALIASES = {"learning_rate": "lr", "base_lr": "lr", "wd": "weight_decay", "bs": "batch_size",
+            "epoch": "epochs", "max_epochs": "epochs", "tau": "temperature", "t": "temperature",
+            "k": "queue_size", "arch": "backbone", "m": "momentum"}
+
+
 def _unknown(key: str) -> ConfigError:
-    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    section, _, name = key.rpartition(".")
+    alias = f"{section}.{_ALIASES[name]}" if name in _ALIASES else None
+    close = [alias] if alias in all_keys() else difflib.get_close_matches(
+        key, all_keys(), n=1, cutoff=0.5)
     if not close and "." in key:  # right field name under the wrong section?
         tail = key.rsplit(".", 1)[1]
         close = [k for k in all_keys() if k.endswith("." + tail)][:1]

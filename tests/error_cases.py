@@ -1,0 +1,304 @@
+"""The table of bad inputs and their one-line errors (docs/errors.md is generated from it).
+
+Each case builds its input inside a fresh directory and names the command line; the test
+(tests/test_errors.py) runs it and checks: exit code 2, exactly one ``error: ...`` line on
+stderr, no traceback, the expected fragments in the message, and no file on disk changed.
+``python scripts/errors_table.py`` runs every case and rewrites docs/errors.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+TINY = ["run.device=cpu", "run.precision=fp32", "run.progress=false", "data.name=synthetic",
+        "data.image_size=16", "data.synthetic_train=64", "data.synthetic_test=32",
+        "data.num_workers=0", "model.width=4", "model.cifar_stem=true", "train.batch_size=16",
+        "train.epochs=1", "method.queue_size=64", "eval.knn_every=0"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    id: str
+    family: str
+    input: str                                   # what the user did (for the docs)
+    build: Callable[[Path], list[str]]           # -> argv (after the script name)
+    fragments: tuple[str, ...]                   # must appear in the error line
+    script: str = "pretrain"                     # "pretrain" or "lincls"
+    needs_no_gpu: bool = False
+    lazy: bool = False  # found while training (e.g. a corrupt image): the new run directory
+                        # may have been started; files that existed before stay unchanged
+
+
+def _sets(tmp: Path, *items: str, out: str = "run") -> list[str]:
+    argv = []
+    for it in [f"run.output_dir={tmp / out}", *TINY, *items]:
+        argv += ["--set", it]
+    return argv
+
+
+def _set(*items: str) -> Callable[[Path], list[str]]:
+    return lambda tmp: _sets(tmp, *items)
+
+
+def _file(text: str | bytes, *items: str) -> Callable[[Path], list[str]]:
+    def build(tmp: Path) -> list[str]:
+        p = tmp / "bad.yaml"
+        (p.write_bytes if isinstance(text, bytes) else p.write_text)(text)
+        return ["--config", str(p), *_sets(tmp, *items)]
+    return build
+
+
+def _raw(*argv: str) -> Callable[[Path], list[str]]:
+    return lambda tmp: [a.replace("{tmp}", str(tmp)) for a in argv]
+
+
+# --------------------------------------------------------------------------- data builders
+def _empty_folder(tmp: Path) -> list[str]:
+    (tmp / "imgs" / "train" / "cat").mkdir(parents=True)
+    (tmp / "imgs" / "val" / "cat").mkdir(parents=True)
+    return _sets(tmp, "data.name=imagefolder", f"data.root={tmp / 'imgs'}")
+
+
+def _png(path: Path, value: int = 128) -> None:
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (20, 20), (value, value, value)).save(path)
+
+
+def _corrupt_image(tmp: Path) -> list[str]:
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            for i in range(4):
+                _png(tmp / "imgs" / split / cls / f"{i}.png", 40 * i)
+    (tmp / "imgs" / "train" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    return _sets(tmp, "data.name=imagefolder", f"data.root={tmp / 'imgs'}",
+                 "train.batch_size=8", "method.queue_size=64")
+
+
+def _class_list_escape(tmp: Path) -> list[str]:
+    for split in ("train", "val"):
+        _png(tmp / "imgs" / split / "a" / "0.png")
+    (tmp / "classes.txt").write_text("a\n../../etc\n")
+    return _sets(tmp, "data.name=imagefolder", f"data.root={tmp / 'imgs'}",
+                 f"data.class_list={tmp / 'classes.txt'}")
+
+
+def _output_is_file(tmp: Path) -> list[str]:
+    (tmp / "run").write_text("a regular file\n")
+    return _sets(tmp)
+
+
+def _output_holds_run(tmp: Path) -> list[str]:
+    (tmp / "run" / "checkpoints").mkdir(parents=True)
+    (tmp / "run" / "config.yaml").write_text("run: {seed: 1}\n")
+    (tmp / "run" / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    return _sets(tmp)
+
+
+def _resume_corrupt(tmp: Path) -> list[str]:
+    (tmp / "run" / "checkpoints").mkdir(parents=True)
+    (tmp / "run" / "checkpoints" / "last.pt").write_bytes(b"PK\x03\x04 truncated")
+    return ["--resume", *_sets(tmp)]
+
+
+# --------------------------------------------------------------------------- checkpoints
+def tiny_run(tmp: Path, width: int = 4) -> Path:
+    """A run directory in the sslkit format (no training): config.yaml, last.pt, backbone.pt."""
+    import torch
+
+    from sslkit import config
+    from sslkit.models.backbones import backbone_from_config
+
+    out = tmp / "trained"
+    cfg = config.build({}, [f"run.output_dir={out}", *TINY, f"model.width={width}"])
+    torch.manual_seed(0)
+    bb, _ = backbone_from_config(cfg)
+    (out / "checkpoints").mkdir(parents=True)
+    model = {f"backbone.{k}": v for k, v in bb.state_dict().items()}
+    torch.save({"format": "sslkit", "version": 1, "model": model, "optimizer": {}, "epoch": 1,
+                "step": 4, "config": cfg.to_dict()}, out / "checkpoints" / "last.pt")
+    torch.save(bb.state_dict(), out / "backbone.pt")
+    (out / "config.yaml").write_text(cfg.to_yaml())
+    return out
+
+
+def _ckpt(kind: str) -> Callable[[Path], list[str]]:
+    def build(tmp: Path) -> list[str]:
+        import torch
+
+        path = tmp / "ckpt.pt"
+        extra: list[str] = []
+        if kind == "missing":
+            path = tmp / "nope" / "last.pt"
+        elif kind == "empty":
+            path.write_bytes(b"")
+        elif kind == "text":
+            path.write_text("this is not a checkpoint\n")
+        elif kind == "truncated":
+            data = (tiny_run(tmp) / "checkpoints" / "last.pt").read_bytes()
+            path.write_bytes(data[: len(data) // 2])
+        elif kind == "foreign":
+            torch.save({"epoch": 3, "arch": "resnet50", "opt": [1, 2]}, path)
+        elif kind == "other_arch":
+            path = tiny_run(tmp) / "checkpoints" / "last.pt"
+            extra = ["--set", "model.width=8"]
+        elif kind == "no_config":
+            src = tiny_run(tmp) / "backbone.pt"
+            (tmp / "alone").mkdir()
+            path = tmp / "alone" / "backbone.pt"
+            path.write_bytes(src.read_bytes())
+        elif kind == "pickle":
+            torch.save({"format": "sslkit", "version": 1,
+                        "model": {"x": _Payload(tmp / "PWNED")}, "epoch": 0, "step": 0,
+                        "config": {}}, path)
+        elif kind == "directory":
+            path = tmp
+        return ["--checkpoint", str(path), "--output", str(tmp / "eval"), *extra]
+    return build
+
+
+class _Payload:
+    """Unpickling this would create a file: proof that a payload ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+# --------------------------------------------------------------------------- the table
+CASES: list[Case] = [
+    # malformed or unknown config keys, types and ranges
+    Case("unknown-key-set", "config", "`--set train.epochz=3`", _set("train.epochz=3"),
+         ("unknown config key 'train.epochz'", "did you mean 'train.epochs'")),
+    Case("unknown-key-file", "config", "`optim: {learning_rate: 0.1}` in the config file",
+         _file("optim:\n  learning_rate: 0.1\n"), ("unknown config key 'optim.learning_rate'",
+                                                  "did you mean 'optim.lr'")),
+    Case("unknown-section", "config", "`trainer: {epochs: 3}` in the config file",
+         _file("trainer:\n  epochs: 3\n"), ("unknown config key 'trainer.epochs'",
+                                            "did you mean 'train.epochs'")),
+    Case("section-not-mapping", "config", "`train: 5` in the config file",
+         _file("train: 5\n"), ("section 'train' must be a mapping",)),
+    Case("wrong-type", "config", "`--set train.epochs=ten`", _set("train.epochs=ten"),
+         ("train.epochs=ten", "expected an integer")),
+    Case("float-for-int", "config", "`--set train.batch_size=2.5`", _set("train.batch_size=2.5"),
+         ("train.batch_size=2.5", "integer")),
+    Case("zero-batch", "config", "`--set train.batch_size=0`", _set("train.batch_size=0"),
+         ("train.batch_size=0", ">= 1")),
+    Case("negative-batch", "config", "`--set train.batch_size=-16`",
+         _set("train.batch_size=-16"), ("train.batch_size=-16", ">= 1")),
+    Case("zero-temperature", "config", "`--set method.temperature=0`",
+         _set("method.temperature=0"), ("method.temperature=0", "> 0")),
+    Case("dropout-one", "config", "`--set batchformer.dropout=1.0`",
+         _set("batchformer.dropout=1.0"), ("batchformer.dropout=1.0", "< 1")),
+    Case("negative-lr", "config", "`--set optim.lr=-0.1`", _set("optim.lr=-0.1"),
+         ("optim.lr=-0.1", "> 0")),
+    Case("nan-lr", "config", "`--set optim.lr=.nan`", _set("optim.lr=.nan"),
+         ("optim.lr", "expected a number")),
+    Case("bool-typo", "config", "`--set batchformer.enabled=yes please`",
+         _set("batchformer.enabled=yes please"), ("batchformer.enabled", "true/false")),
+    Case("subset-fraction", "config", "`--set data.subset=1.5`", _set("data.subset=1.5"),
+         ("data.subset=1.5", "fraction")),
+    Case("crop-scale-order", "config", "`--set augment.crop_scale=[0.9,0.2]`",
+         _set("augment.crop_scale=[0.9,0.2]"), ("augment.crop_scale", "minimum exceeds")),
+    Case("warmup-too-long", "config", "`--set optim.warmup_epochs=5` with 1 epoch",
+         _set("optim.warmup_epochs=5"), ("optim.warmup_epochs=5", "less than train.epochs")),
+    Case("queue-not-multiple", "config", "`--set method.queue_size=1000` (batch 16)",
+         _set("method.queue_size=1000"), ("method.queue_size=1000", "multiple",
+                                          "--set method.queue_size=992")),
+    Case("bf-heads", "config", "`--set batchformer.enabled=true batchformer.heads=3` "
+         "(32-d features)", _set("batchformer.enabled=true", "batchformer.heads=3"),
+         ("batchformer.heads=3", "feature dim 32")),
+    Case("batch-too-large", "config", "`--set train.batch_size=128` with 64 images",
+         _set("train.batch_size=128", "method.queue_size=128"),
+         ("train.batch_size=128", "64 training images")),
+    # unknown names
+    Case("unknown-backbone", "names", "`--set model.backbone=resnet19`",
+         _set("model.backbone=resnet19"), ("model.backbone=resnet19", "'resnet18'")),
+    Case("unknown-dataset", "names", "`--set data.name=mnist`", _set("data.name=mnist"),
+         ("data.name=mnist", "'fashion_mnist'")),
+    Case("unknown-optimizer", "names", "`--set optim.name=adam`", _set("optim.name=adam"),
+         ("optim.name=adam", "'adamw'")),
+    Case("unknown-device", "names", "`--set run.device=tpu`", _set("run.device=tpu"),
+         ("run.device=tpu", "'auto', 'cpu', 'cuda'")),
+    Case("unknown-precision", "names", "`--set run.precision=fp8`", _set("run.precision=fp8"),
+         ("run.precision=fp8", "'bf16'")),
+    Case("unknown-method", "names", "`--set method.name=simclr`", _set("method.name=simclr"),
+         ("method.name=simclr", "'mocov2', 'mocov3'")),
+    # no GPU
+    Case("cuda-without-gpu", "device", "`--set run.device=cuda` on a machine without a GPU",
+         _set("run.device=cuda"), ("run.device=cuda", "no CUDA GPU", "run.device=cpu"),
+         needs_no_gpu=True),
+    Case("fp16-on-cpu", "device", "`--set run.precision=fp16` on the CPU",
+         _set("run.precision=fp16"), ("run.precision=fp16", "CUDA")),
+    # malformed --set / command line
+    Case("set-no-equals", "command line", "`--set train.epochs`", _raw("--set", "train.epochs"),
+         ("malformed --set 'train.epochs'", "key=value")),
+    Case("set-bad-yaml", "command line", "`--set train.epochs=[1,`",
+         _raw("--set", "train.epochs=[1,"), ("malformed --set", "not a YAML scalar")),
+    Case("set-empty-value", "command line", "`--set train.epochs=`",
+         _raw("--set", "train.epochs="), ("malformed --set", "no value")),
+    Case("unknown-flag", "command line", "`run_pretrain.py --epochs 3`",
+         _raw("--epochs", "3"), ("unrecognized arguments: --epochs 3",)),
+    # config files
+    Case("config-missing", "config file", "`--config nope.yaml` (no such file)",
+         _raw("--config", "{tmp}/nope.yaml"), ("nope.yaml' does not exist",)),
+    Case("config-empty", "config file", "an empty config file", _file(""), ("is empty",)),
+    Case("config-list", "config file", "a config file holding a YAML list",
+         _file("- a\n- b\n"), ("must be a mapping",)),
+    Case("config-binary", "config file", "a binary file as the config",
+         _file(b"\x00\x01\x02\x03"), ("is binary",)),
+    Case("config-python-tag", "config file",
+         "`run: !!python/object/apply:os.system ['id']` in the config file",
+         _file("run: !!python/object/apply:os.system ['id']\n"),
+         ("python tags are not allowed",)),
+    Case("config-bad-yaml", "config file", "a config file with unclosed brackets",
+         _file("run: {output_dir: [x\n"), ("not valid YAML",)),
+    # data
+    Case("dataset-missing", "data", "`--set data.name=cifar10 data.root=<empty dir>`",
+         lambda tmp: _sets(tmp, "data.name=cifar10", f"data.root={tmp}"),
+         ("cifar10: data not found", "data.download=true")),
+    Case("imagefolder-empty", "data", "an image folder whose class folders hold no images",
+         _empty_folder, ("imagefolder",)),
+    Case("imagefolder-corrupt", "data", "an image folder holding an undecodable file",
+         _corrupt_image, ("broken.png", "data.skip_corrupt"), lazy=True),
+    Case("class-list-escape", "data", "a class list naming `../../etc`", _class_list_escape,
+         ("../../etc",)),
+    # output directory
+    Case("output-is-file", "output", "`run.output_dir` is a regular file", _output_is_file,
+         ("is a file, not a directory",)),
+    Case("output-holds-run", "output", "`run.output_dir` holds another run",
+         _output_holds_run, ("already holds a run", "--resume", "--overwrite")),
+    Case("output-unwritable", "output", "`run.output_dir=/proc/sslkit-run` (not writable)",
+         _raw("--set", "run.output_dir=/proc/sslkit-run", *[x for it in TINY for x in ("--set", it)]),
+         ("/proc/sslkit-run",)),
+    Case("resume-nothing", "output", "`--resume` into an empty directory",
+         lambda tmp: ["--resume", *_sets(tmp)], ("nothing to resume",)),
+    Case("resume-corrupt", "output", "`--resume` when last.pt is corrupt and no prev.pt exists",
+         _resume_corrupt, ("last.pt", "not a readable PyTorch file")),
+    # checkpoints handed to run_lincls.py
+    Case("ckpt-missing", "checkpoint", "`--checkpoint nope/last.pt`", _ckpt("missing"),
+         ("does not exist",), script="lincls"),
+    Case("ckpt-directory", "checkpoint", "`--checkpoint <a directory>`", _ckpt("directory"),
+         ("is a directory",), script="lincls"),
+    Case("ckpt-empty", "checkpoint", "an empty checkpoint file", _ckpt("empty"),
+         ("empty",), script="lincls"),
+    Case("ckpt-text", "checkpoint", "a text file as the checkpoint", _ckpt("text"),
+         ("not a readable PyTorch file",), script="lincls"),
+    Case("ckpt-truncated", "checkpoint", "a truncated last.pt", _ckpt("truncated"),
+         ("not a readable PyTorch file",), script="lincls"),
+    Case("ckpt-foreign", "checkpoint", "another program's checkpoint (a dict of numbers)",
+         _ckpt("foreign"), ("not a state dict",), script="lincls"),
+    Case("ckpt-other-arch", "checkpoint", "a width-4 checkpoint with `--set model.width=8`",
+         _ckpt("other_arch"), ("does not fit", "width 8", "shape"), script="lincls"),
+    Case("ckpt-no-config", "checkpoint", "a backbone.pt with no config.yaml beside it",
+         _ckpt("no_config"), ("no config", "--config"), script="lincls"),
+    Case("ckpt-pickle", "checkpoint", "a checkpoint carrying a pickle payload",
+         _ckpt("pickle"), ("weights_only",), script="lincls"),
+    Case("lincls-nothing", "checkpoint", "`run_lincls.py` without --checkpoint or --baseline",
+         _raw(), ("--checkpoint",), script="lincls"),
+    Case("lincls-bad-baseline", "checkpoint", "`run_lincls.py --baseline pixels`",
+         _raw("--baseline", "pixels"), ("invalid choice: 'pixels'",), script="lincls"),
+]
