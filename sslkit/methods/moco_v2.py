@@ -12,7 +12,6 @@ after ``optimizer.step()``.
 """
 from __future__ import annotations
 
-import copy
 
 import torch
 import torch.nn.functional as F
@@ -22,12 +21,13 @@ from sslkit import distributed as dist
 from sslkit.config import BatchFormerConfig, MethodConfig
 from sslkit.errors import ConfigError
 from sslkit.losses import moco_v2_loss, moco_v2_similarities
+from sslkit.methods.base import MomentumEncoder
 from sslkit.models.batchformer import BatchFormer
 from sslkit.models.heads import build_mlp
 from sslkit.models.splitbn import convert_split_bn
 
 
-class MoCoV2(nn.Module):
+class MoCoV2(MomentumEncoder):
     """MoCo-v2. ``forward(view1, view2) -> (loss, stats)``.
 
     Asymmetric (default): loss = ctr(q1, k2). Symmetric (``method.symmetric``, the MoCo
@@ -67,32 +67,11 @@ class MoCoV2(nn.Module):
             convert_split_bn(self.projector, self.bn_splits)
 
         # Momentum (key) encoder: a copy of backbone + projector, no gradient, no BF.
-        self.momentum_backbone = copy.deepcopy(self.backbone)
-        self.momentum_projector = copy.deepcopy(self.projector)
-        for p in self._momentum_params():
-            p.requires_grad_(False)
+        self._init_momentum_encoder()
 
         queue = F.normalize(torch.randn(self.queue_size, method.proj_dim), dim=1)
         self.register_buffer("queue", queue)  # (K, d) unit rows
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
-
-    # ------------------------------------------------------------------ momentum encoder
-    def _online_params(self) -> list[nn.Parameter]:
-        return [*self.backbone.parameters(), *self.projector.parameters()]
-
-    def _momentum_params(self) -> list[nn.Parameter]:
-        return [*self.momentum_backbone.parameters(), *self.momentum_projector.parameters()]
-
-    @torch.no_grad()
-    def momentum_update(self, m: float) -> None:
-        """theta_k <- m * theta_k + (1 - m) * theta_q over the parameters of backbone+projector.
-
-        Buffers (BN running statistics) are not copied: as in the official code, the key
-        encoder keeps its own, updated by its own train-mode forward passes.
-        """
-        target = self._momentum_params()
-        torch._foreach_mul_(target, m)
-        torch._foreach_add_(target, [p.detach() for p in self._online_params()], alpha=1 - m)
 
     # ------------------------------------------------------------------ branches
     def _queries(self, x: Tensor) -> Tensor:

@@ -12,7 +12,6 @@ m = :func:`cosine_momentum` (0.99 -> 1).
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -21,6 +20,7 @@ from torch import Tensor, nn
 from sslkit import distributed as dist
 from sslkit.config import BatchFormerConfig, MethodConfig
 from sslkit.losses import moco_v3_loss, moco_v3_similarities
+from sslkit.methods.base import MomentumEncoder
 from sslkit.models.batchformer import BatchFormer
 from sslkit.models.heads import build_mlp
 
@@ -40,7 +40,7 @@ def _has_attention(module: nn.Module) -> bool:
     return any(isinstance(m, nn.MultiheadAttention) for m in module.modules())
 
 
-class MoCoV3(nn.Module):
+class MoCoV3(MomentumEncoder):
     """MoCo-v3. ``forward(view1, view2) -> (loss, stats)``.
 
     Heads follow the official ``_build_mlp`` (Linear layers without bias, BN + ReLU hidden):
@@ -71,28 +71,7 @@ class MoCoV3(nn.Module):
                                    hidden_bn=True, last_bn=vit, bias=False)
 
         # Momentum encoder: a copy of backbone + projector, no gradient, no predictor, no BF.
-        self.momentum_backbone = copy.deepcopy(self.backbone)
-        self.momentum_projector = copy.deepcopy(self.projector)
-        for p in self._momentum_params():
-            p.requires_grad_(False)
-
-    # ------------------------------------------------------------------ momentum encoder
-    def _online_params(self) -> list[nn.Parameter]:
-        return [*self.backbone.parameters(), *self.projector.parameters()]
-
-    def _momentum_params(self) -> list[nn.Parameter]:
-        return [*self.momentum_backbone.parameters(), *self.momentum_projector.parameters()]
-
-    @torch.no_grad()
-    def momentum_update(self, m: float) -> None:
-        """theta_k <- m * theta_k + (1 - m) * theta_q over the parameters of backbone+projector.
-
-        Buffers (BN running statistics) are not copied: as in the official code, the
-        momentum encoder keeps its own, updated by its own train-mode forward passes.
-        """
-        target = self._momentum_params()
-        torch._foreach_mul_(target, m)
-        torch._foreach_add_(target, [p.detach() for p in self._online_params()], alpha=1 - m)
+        self._init_momentum_encoder()
 
     # ------------------------------------------------------------------ branches
     def _queries(self, x: Tensor) -> Tensor:
