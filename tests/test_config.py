@@ -51,6 +51,19 @@ def test_every_shipped_config_loads(root):
         assert cfg.method.temperature is not None  # defaults resolved
 
 
+@pytest.mark.parametrize("plain", ["demo", "demo_mocov3", "cifar10_mocov2", "cifar10_mocov3",
+                                   "imagenet_mocov2_200ep", "imagenet_mocov3_r50_100ep"])
+def test_batchformer_recipes_change_only_the_batchformer(root, plain):
+    """A `_bf` recipe is its plain twin with the BatchFormer on: any other difference would
+    confound the comparison of docs/results.md."""
+    a = dataclasses.asdict(config.load(root / f"configs/{plain}.yaml"))
+    b = dataclasses.asdict(config.load(root / f"configs/{plain}_bf.yaml"))
+    assert a["batchformer"]["enabled"] is False and b["batchformer"]["enabled"] is True
+    for d in (a, b):
+        del d["batchformer"], d["run"]["output_dir"]
+    assert a == b
+
+
 def test_overrides_parse_as_yaml_scalars():
     cfg = config.build({}, ["train.epochs=7", "optim.lr=0.5", "batchformer.enabled=true",
                             "train.max_steps=null", "run.output_dir=runs/x y",
