@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The Fashion-MNIST results table of docs/results.md, at the demo budget (6 epochs each):
+# raw pixels, random init, MoCo-v2, MoCo-v2+BF, MoCo-v3, MoCo-v3+BF, each with SEEDS seeds,
+# every model evaluated by the same protocol (cached features: kNN k=20 and k=200, and the
+# linear probe). Runs finish one by one and a finished run is never redone, so the script can
+# be stopped and started again. CPU, 2 cores: about 12 min per MoCo-v2 run and 20 per MoCo-v3
+# run.
+#
+#   bash bench/results_fmnist.sh                     # all of it, then docs/results.md
+#   SEEDS="0" EPOCHS=2 bash bench/results_fmnist.sh  # a quicker look (table in OUT/results.md)
+#   PY=python OUT=/scratch/results bash bench/results_fmnist.sh
+#   EXTRA="data.subset=512 train.max_steps=2" OUT=/tmp/r bash bench/results_fmnist.sh  # smoke
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-runs/results_fmnist}
+SEEDS=${SEEDS:-"0 1"}
+EPOCHS=${EPOCHS:-6}
+read -r -a EXTRA <<< "${EXTRA:-}"   # more key=value overrides for every run and evaluation
+EVAL=(eval.mode=cached "eval.knn_ks=[20,200]" "eval.knn_ts=[0.07,0.1]" eval.embedding_samples=0)
+mkdir -p "$OUT"
+
+evaluate() {  # evaluate DIR [run_lincls args...]
+  local dir=$1; shift
+  if [ -f "$dir/eval.json" ]; then echo "== $dir: done"; return; fi
+  echo "== evaluate $dir"
+  "$PY" run_lincls.py "$@" --set "${EVAL[@]}" ${EXTRA[@]+"${EXTRA[@]}"}
+}
+
+for seed in $SEEDS; do
+  evaluate "$OUT/baselines_s$seed/baseline_raw_pixels" --baseline raw-pixels \
+    --config configs/demo.yaml --output "$OUT/baselines_s$seed" --set run.seed="$seed"
+  evaluate "$OUT/baselines_s$seed/baseline_random_init" --baseline random-init \
+    --config configs/demo.yaml --output "$OUT/baselines_s$seed" --set run.seed="$seed"
+  for name in demo demo_bf demo_mocov3 demo_mocov3_bf; do
+    run="$OUT/${name}_s$seed"
+    if [ ! -f "$run/eval.json" ]; then
+      echo "== pretrain $run"
+      start=$SECONDS
+      if [ -f "$run/checkpoints/last.pt" ]; then resume=(--resume); else resume=(--overwrite); fi
+      "$PY" run_pretrain.py --config "configs/$name.yaml" "${resume[@]}" --set \
+        run.output_dir="$run" run.seed="$seed" train.epochs="$EPOCHS" eval.knn_every=0 \
+        run.progress=false ${EXTRA[@]+"${EXTRA[@]}"}
+      echo $((SECONDS - start)) > "$run/pretrain_seconds.txt"
+    fi
+    evaluate "$run" --checkpoint "$run/checkpoints/last.pt"
+  done
+done
+doc=()
+if [ ${#EXTRA[@]} -eq 0 ] && [ "$EPOCHS" = 6 ] && [ "$SEEDS" = "0 1" ]; then doc=(--write-doc); fi
+"$PY" bench/results_table.py "$OUT" --epochs "$EPOCHS" --seeds "$SEEDS" ${doc[@]+"${doc[@]}"}
