@@ -34,6 +34,13 @@ def machine(device: torch.device | None = None) -> str:
     return f"{cpu_model()}, {os.cpu_count()} cores{load}"
 
 
+def torch_kornia_versions() -> str:
+    """``"<torch> / <kornia>"`` without local build tags, for the versions column."""
+    import kornia
+
+    return f"{torch.__version__.split('+')[0]} / {kornia.__version__}"
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import machine, timed_alternately, write_rows  # noqa: E402
+from common import machine, timed_alternately, torch_kornia_versions, write_rows  # noqa: E402
 from sslkit import config  # noqa: E402
 from sslkit.augment import build_views  # noqa: E402
 from sslkit.engine import autocast  # noqa: E402
@@ -100,7 +100,7 @@ def main() -> None:
     print(f"MoCo-v2 R50 {moco_ips:.0f} img/s, supervised R50 {sup_ips:.0f} img/s, "
           f"ratio {moco_ips / sup_ips:.2f}", flush=True)
     if not args.no_write and dev.type == "cuda":
-        versions = f"{torch.__version__.split('+')[0]} / {__import__('kornia').__version__}"
+        versions = torch_kornia_versions()
         row = (f"| {datetime.date.today().isoformat()} | {machine(dev)} | {versions} | "
                f"{args.batch} | bf16, channels_last | {moco_ips:,.0f} | {sup_ips:,.0f} | "
                f"{moco_ips / sup_ips:.2f} |")

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import machine, timed_alternately, write_rows  # noqa: E402
+from common import machine, timed_alternately, torch_kornia_versions, write_rows  # noqa: E402
 from sslkit import config  # noqa: E402
 from sslkit.augment import build_views, resolve_params  # noqa: E402
 from sslkit.engine import autocast  # noqa: E402
@@ -196,7 +196,7 @@ def main() -> None:
         raise SystemExit("exported backbone and torchvision model disagree")
 
     if not args.no_write:
-        versions = f"{torch.__version__.split('+')[0]} / {__import__('kornia').__version__}"
+        versions = torch_kornia_versions()
         model = f"{args.model} w{args.width}, {args.channels}x{args.image_size}px"
         row = (f"| {datetime.date.today().isoformat()} | {where} | {dev.type} | {versions} | "
                f"{model} | {args.batch} | {args.precision} | {args.workers} | {ours_ips:,.0f} | "
