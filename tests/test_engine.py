@@ -100,18 +100,22 @@ def test_export_matches_trained_backbone_and_loads_into_torchvision(tmp_path):
     assert exp.keys() == state.keys() and all(torch.equal(exp[k], state[k]) for k in state)
 
 
-def test_nan_loss_stops_and_keeps_last_finite_checkpoint(tmp_path):
-    cfg = tiny_config(tmp_path / "run", epochs=3, extra=["eval.knn_every=0"])
-    trainer = Trainer(cfg)
-    real = trainer.model
-    calls = {"n": 0}
+def inject_fault(trainer: Trainer, call: int, value: float) -> None:
+    """Make the loss of the ``call``-th forward pass non-finite (multiplied by ``value``)."""
+    real, calls = trainer.model, {"n": 0}
 
     def faulty(v1, v2):
         calls["n"] += 1
         loss, stats = real(v1, v2)
-        return (loss * float("nan") if calls["n"] == 6 else loss), stats
+        return (loss * value if calls["n"] == call else loss), stats
 
     trainer.model = faulty
+
+
+def test_nan_loss_stops_and_keeps_last_finite_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path / "run", epochs=3, extra=["eval.knn_every=0"])
+    trainer = Trainer(cfg)
+    inject_fault(trainer, call=6, value=float("nan"))
     with pytest.raises(TrainingDiverged, match="at step 6 "):
         trainer.fit()
     ckpt = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
@@ -123,15 +127,7 @@ def test_nan_skip_policy_counts(tmp_path):
     cfg = tiny_config(tmp_path / "run", epochs=1, extra=["eval.knn_every=0",
                                                          "train.nan_policy=skip"])
     trainer = Trainer(cfg)
-    real = trainer.model
-    calls = {"n": 0}
-
-    def faulty(v1, v2):
-        calls["n"] += 1
-        loss, stats = real(v1, v2)
-        return (loss * float("inf") if calls["n"] == 2 else loss), stats
-
-    trainer.model = faulty
+    inject_fault(trainer, call=2, value=float("inf"))
     summary = trainer.fit()
     assert summary.skipped_steps == 1 and summary.steps == 4
 
