@@ -3,7 +3,7 @@
 # raw pixels, random init, MoCo-v2, MoCo-v2+BF, MoCo-v3, MoCo-v3+BF, each with SEEDS seeds,
 # every model evaluated by the same protocol (cached features: kNN k=20 and k=200, and the
 # linear probe). Runs finish one by one and a finished run is never redone, so the script can
-# be stopped and started again. CPU, 2 cores: about 12 min per MoCo-v2 run and 20 per MoCo-v3
+# be stopped and started again. CPU, 2 cores: about 8-9 min per MoCo-v2 run and 16 per MoCo-v3
 # run.
 #
 #   bash bench/results_fmnist.sh                     # all of it, then docs/results.md
