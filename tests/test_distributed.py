@@ -78,6 +78,9 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
     result["v3_loss"] = moco_v3_loss(q[local], all_gather(k[local].contiguous()), 0.2,
                                      rank=rank, world_size=world)
     torch.save(result, os.path.join(out, f"rank{rank}.pt"))
+    # Leave together: a rank that tears gloo down while its peer is still in a collective
+    # makes the peer abort ("terminate called without an active exception").
+    tdist.barrier()
     tdist.destroy_process_group()
 
 

@@ -376,6 +376,9 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
     out_bf[n:].sum().backward()
     result["bf"], result["bf_grad_ok"] = out_bf.detach(), mine.grad is not None
     torch.save(result, os.path.join(out, f"rank{rank}.pt"))
+    # Leave together: a rank that tears gloo down while its peer is still in a collective
+    # makes the peer abort ("terminate called without an active exception").
+    tdist.barrier()
     tdist.destroy_process_group()
 
 
