@@ -2,11 +2,11 @@
 
 Same frozen backbone, same data, same number of epochs, same batch size:
 
-* standard: ``linear_eval.probe.standard_probe`` — every epoch runs the backbone on fresh
+* standard: ``linear_eval.standard.standard_probe`` — every epoch runs the backbone on fresh
   random crops (+ flip) of the train images; one fc at ``--std-lr`` (x batch/256), the
   ``eval.schedule`` of the config (step at 60 % / 80 %);
 * cached: ``extract_features`` once (train + test, centre view), then
-  ``linear_eval.probe.cached_probe`` — the whole eval.lr_grid x eval.wd_grid (18 heads) in one
+  ``linear_eval.cached.cached_probe`` — the whole eval.lr_grid x eval.wd_grid (18 heads) in one
   pass per epoch, selection on 10 % of train, refit of the selected head on all of train.
 
 Times include the feature extraction of each mode (and the test pass). Default: Fashion-MNIST
@@ -36,11 +36,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import machine, write_rows  # noqa: E402
 
-from linear_eval.features import (ProbeTrainTransform,  # noqa: E402
-                                  extract_features)
-from linear_eval.probe import cached_probe, standard_probe  # noqa: E402
+from linear_eval.cached import cached_probe  # noqa: E402
+from linear_eval.standard import standard_probe  # noqa: E402
+from linear_eval.transforms import ProbeTrainTransform  # noqa: E402
 from sslkit import config  # noqa: E402
 from sslkit.augment import CenterView  # noqa: E402
+from sslkit.features import extract_features  # noqa: E402
 
 SECTION = "## Linear probe: cached vs standard mode (`bench/lincls.py`)"
 HEADER = ("| date | machine | threads | torch | data (train / test) | backbone | epochs | "

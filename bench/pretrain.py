@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import machine, timed_alternately, torch_kornia_versions, write_rows  # noqa: E402
 from sslkit import config  # noqa: E402
 from sslkit.augment import build_views, resolve_params  # noqa: E402
-from sslkit.engine import autocast  # noqa: E402
+from sslkit.runtime import autocast  # noqa: E402
 from sslkit.methods import build_method  # noqa: E402
 
 SECTION = "## Pretraining step: pipeline, augmentation share, BatchFormer (`bench/pretrain.py`)"

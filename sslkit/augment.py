@@ -17,7 +17,8 @@ Chain (torchvision order of the MoCo / BYOL recipes)::
     RandomHorizontalFlip(flip_p)
     Normalize(mean, std)
 
-Presets (MoCo-v2 "aug+" and MoCo-v3's BYOL-style asymmetric pair, REFERENCES.md):
+Presets (MoCo-v2's "aug+", facebookresearch/moco ``main_moco.py``, and MoCo-v3's BYOL-style
+asymmetric pair, facebookresearch/moco-v3 ``main_moco.py``):
 
 =============  ==========  ===================  ======  ==========  =============
 preset         crop scale  jitter (b,c,s,h) p   gray p  blur p v1/v2  solarize v1/v2
@@ -56,12 +57,11 @@ import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.utils import make_grid
 
+from sslkit.config import resolved_preset
+from sslkit.data.info import IMAGENET_MEAN, IMAGENET_STD, LUMA, luma_of, normalization, resize_side
 from sslkit.errors import ConfigError
-
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-_LUMA = (0.299, 0.587, 0.114)
 
 # Keys accepted as overrides: exactly the fields of sslkit.config.AugmentConfig but "preset".
 OVERRIDE_KEYS = ("crop_scale", "crop_ratio", "flip_p", "jitter_p", "brightness", "contrast",
@@ -216,7 +216,7 @@ def _view_chain(p: dict[str, Any], view: int, image_size: int, channels: int) ->
             brightness=jitter[0], contrast=jitter[1], saturation=jitter[2], hue=jitter[3],
             same_on_batch=False, p=p["jitter_p"], keepdim=False, order=None))
     if rgb and p["grayscale_p"] > 0:
-        ops.append(K.RandomGrayscale(rgb_weights=torch.tensor(_LUMA), same_on_batch=False,
+        ops.append(K.RandomGrayscale(rgb_weights=torch.tensor(LUMA), same_on_batch=False,
                                      p=p["grayscale_p"], keepdim=False))
     if p["blur_p"][view] > 0:
         k = blur_kernel_size(image_size)
@@ -253,9 +253,8 @@ class Normalized(nn.Module):
     def __init__(self, image_size: int, channels: int, mean, std):
         super().__init__()
         self.image_size, self.channels = int(image_size), int(channels)
-        luma = lambda v: (sum(w * x for w, x in zip(_LUMA, v)),)  # noqa: E731
-        default_mean = _IMAGENET_MEAN if channels == 3 else luma(_IMAGENET_MEAN)
-        default_std = _IMAGENET_STD if channels == 3 else luma(_IMAGENET_STD)
+        default_mean = IMAGENET_MEAN if channels == 3 else luma_of(IMAGENET_MEAN)
+        default_std = IMAGENET_STD if channels == 3 else luma_of(IMAGENET_STD)
         self.register_buffer("mean", _stats(mean, default_mean, channels), persistent=False)
         self.register_buffer("std", _stats(std, default_std, channels), persistent=False)
 
@@ -308,21 +307,11 @@ def build_views(preset: str, image_size: int, mean: Optional[Sequence[float]] = 
                     image_size, channels, mean, std, p, preset)
 
 
-def _resolved_preset(cfg: Any) -> str:
-    preset = cfg.augment.preset
-    if preset == "auto":  # normally resolved at config load; same rule here
-        preset = ("mocov3" if cfg.method.name == "mocov3" else "mocov2") + \
-            ("_small" if cfg.data.image_size <= 64 else "")
-    return preset
-
-
 def views_from_config(cfg: Any) -> TwoViews:
     """:func:`build_views` from a full :class:`sslkit.config.Config`."""
-    from sslkit.data import normalization
-
     mean, std = normalization(cfg.data.name, cfg.data.channels, cfg.data.mean, cfg.data.std)
     overrides = {k: getattr(cfg.augment, k) for k in OVERRIDE_KEYS}
-    return build_views(_resolved_preset(cfg), cfg.data.image_size, mean, std,
+    return build_views(resolved_preset(cfg), cfg.data.image_size, mean, std,
                        channels=cfg.data.channels, **overrides)
 
 
@@ -358,17 +347,13 @@ class CenterView(Normalized):
 
 def eval_transform_from_config(cfg: Any) -> CenterView:
     """The evaluation view of ``cfg``: ImageFolder crops ``image_size/load_size`` of the square."""
-    from sslkit.data import normalization
-
     mean, std = normalization(cfg.data.name, cfg.data.channels, cfg.data.mean, cfg.data.std)
     fraction = 1.0
     if cfg.data.name == "imagefolder":
-        load = cfg.data.load_size or round(cfg.data.image_size * 256 / 224)
+        load = cfg.data.load_size or resize_side(cfg.data.image_size)
         fraction = min(1.0, cfg.data.image_size / load)
     return CenterView(cfg.data.image_size, cfg.data.channels, mean, std, fraction)
 
-
-eval_view_from_config = eval_transform_from_config  # alias
 
 
 # --------------------------------------------------------------------------- visualisation
@@ -380,8 +365,6 @@ def augmentation_grid(images: torch.Tensor, views: TwoViews, n: int = 8) -> torc
     (de-normalised). Drawn under a forked RNG, so rendering does not change the training
     run's random stream.
     """
-    from torchvision.utils import make_grid
-
     x = images[:n]
     size = views.image_size
     devices = [x.device] if x.device.type == "cuda" else []
@@ -397,14 +380,7 @@ def augmentation_grid(images: torch.Tensor, views: TwoViews, n: int = 8) -> torc
     return make_grid(rows.float().cpu(), nrow=x.shape[0], padding=2, pad_value=1.0)
 
 
-def describe(views: TwoViews) -> dict[str, Any]:
-    """The resolved parameters (for logs): preset, size, channels and every option."""
-    out = {"preset": views.preset, "image_size": views.image_size, "channels": views.channels}
-    out.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in views.params.items()})
-    return out
-
-
 __all__ = ["PRESETS", "OVERRIDE_KEYS", "build_views", "views_from_config", "TwoViews",
            "adjust_hue_turns", "ColorJitter", "RandomResizedCrop", "RandomSolarize", "CenterView",
-           "eval_transform_from_config", "eval_view_from_config", "augmentation_grid",
-           "resolve_params", "blur_kernel_size", "to_unit_float", "describe"]
+           "eval_transform_from_config", "augmentation_grid",
+           "resolve_params", "blur_kernel_size", "to_unit_float"]

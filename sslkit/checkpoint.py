@@ -6,13 +6,16 @@ renamed to ``prev.pt`` beside it, so a reader always finds a complete checkpoint
 always uses ``torch.load(..., weights_only=True)``: a pickle payload in a file a user hands
 in is refused, never run.
 
-``last.pt`` layout (the contract in DESIGN.md, plus resume state)::
+``last.pt`` layout::
 
     {"format": "sslkit", "version": 1,
      "model": method.state_dict(),      # BatchFormer under 'batchformer.*',
                                         # momentum encoder under 'momentum_*'
-     "optimizer": ..., "scaler": ..., "epoch": int, "step": int,
-     "config": Config.to_dict(), "rng": {...}, "data": {...}}
+     "optimizer": ..., "scheduler": ..., "scaler": ...,
+     "epoch": int, "step": int,         # completed epochs / optimizer steps
+     "skipped_steps": int,              # non-finite steps skipped (train.nan_policy=skip)
+     "data": {"steps_per_epoch": int, "seed": int},   # checked on resume
+     "config": Config.to_dict(), "rng": [one RNG state per process]}
 """
 from __future__ import annotations
 
@@ -77,7 +80,7 @@ def save_atomic(obj: Any, path: str | os.PathLike, keep_previous: bool = True) -
     _fsync_dir(path.parent)
 
 
-def _torch_load(path: Path) -> Any:
+def load_any(path: Path) -> Any:
     """``torch.load(weights_only=True)`` on the CPU, every failure as a CheckpointError."""
     if not path.exists():
         raise CheckpointError(f"checkpoint '{path}' does not exist; pass a run's "
@@ -109,7 +112,7 @@ def is_sslkit_checkpoint(obj: Any) -> bool:
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load a full training checkpoint (``last.pt``); refuse anything else with one line."""
     path = Path(path)
-    obj = _torch_load(path)
+    obj = load_any(path)
     if not is_sslkit_checkpoint(obj):
         raise CheckpointError(f"'{path}' is not an sslkit training checkpoint (no 'format: "
                               f"sslkit' / 'model' entries)")
@@ -142,7 +145,7 @@ def load_checkpoint_with_fallback(path: str | os.PathLike) -> tuple[dict, Path]:
 def load_state_dict_file(path: str | os.PathLike) -> "OrderedDict[str, torch.Tensor]":
     """Load a plain state dict (``backbone.pt``) safely; refuse anything that is not one."""
     path = Path(path)
-    obj = _torch_load(path)
+    obj = load_any(path)
     if is_sslkit_checkpoint(obj):
         raise CheckpointError(f"'{path}' is a full training checkpoint, not a state dict; use "
                               f"load_checkpoint")

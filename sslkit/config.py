@@ -23,9 +23,7 @@ import yaml
 
 from sslkit.errors import ConfigError
 
-DATASETS = ("fashion_mnist", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic")
-BACKBONES = ("resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small", "vit_base")
-PRESETS = ("auto", "mocov2", "mocov3", "mocov2_small", "mocov3_small")
+DEMO_CONFIG = "configs/demo.yaml"
 
 
 def _f(default: Any = None, *, gt: float | None = None, ge: float | None = None,
@@ -481,8 +479,17 @@ def _is_vit(cfg: Config) -> bool:
     return cfg.model.backbone.startswith("vit")
 
 
+def demo_config_path() -> str:
+    """configs/demo.yaml from the working directory, else from the source checkout."""
+    if os.path.isfile(DEMO_CONFIG):
+        return DEMO_CONFIG
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), DEMO_CONFIG)
+    return here if os.path.isfile(here) else DEMO_CONFIG
+
+
 def method_defaults(cfg: Config) -> dict[str, Any]:
-    """The papers' defaults for keys left null (REFERENCES.md: MoCo-v2, MoCo-v3)."""
+    """The papers' defaults for keys left null: MoCo-v2 (Chen et al. 2020; facebookresearch/moco)
+    and MoCo-v3 (Chen, Xie & He 2021; facebookresearch/moco-v3)."""
     if cfg.method.name == "mocov2":  # MoCo-v2: K=65536, m=0.999, T=0.2, head D-D-128 no BN
         # proj_hidden_dim stays null: the backbone's feature dim (2048 for a ResNet-50)
         return dict(temperature=0.2, queue_size=65536, momentum=0.999,
@@ -498,29 +505,45 @@ def resolve_defaults(cfg: Config) -> Config:
     m = cfg.method
     fill = {k: v for k, v in method_defaults(cfg).items() if getattr(m, k) is None}
     method = dataclasses.replace(m, **fill)
-    aug = cfg.augment
-    if aug.preset == "auto":
-        small = cfg.data.image_size <= 64
-        preset = ("mocov3" if m.name == "mocov3" else "mocov2") + ("_small" if small else "")
-        aug = dataclasses.replace(aug, preset=preset)
+    aug = dataclasses.replace(cfg.augment, preset=resolved_preset(cfg))
     return dataclasses.replace(cfg, method=method, augment=aug)
+
+
+def resolved_preset(cfg: Config) -> str:
+    """``augment.preset``, with ``auto`` resolved: the method's preset (mocov2 / mocov3), in
+    its ``_small`` variant (no blur) for images of at most 64 px."""
+    if cfg.augment.preset != "auto":
+        return cfg.augment.preset
+    small = "_small" if cfg.data.image_size <= 64 else ""
+    return ("mocov3" if cfg.method.name == "mocov3" else "mocov2") + small
+
+
+def check_queue_size(queue_size: int, per_step: int, detail: str) -> None:
+    """MoCo-v2's queue must be a multiple of the keys enqueued per step (``per_step``, made
+    of ``detail``), so that every step writes one contiguous block."""
+    if queue_size % per_step:
+        ok = max(per_step, queue_size // per_step * per_step)
+        raise ConfigError(f"method.queue_size={queue_size} must be a multiple of the keys "
+                          f"enqueued per step ({per_step} = {detail}); e.g. "
+                          f"--set method.queue_size={ok}")
+
+
+def check_bn_splits(batch: int, bn_splits: int, what: str = "train.batch_size") -> None:
+    """One-process shuffle-BN splits the batch into ``bn_splits`` equal groups."""
+    if batch % bn_splits:
+        raise ConfigError(f"{what}={batch} must be divisible by method.bn_splits={bn_splits} "
+                          f"(shuffle-BN groups); change one of them, or --set "
+                          f"method.bn_splits=1")
 
 
 def validate(cfg: Config) -> None:
     """Checks that involve more than one key."""
     if cfg.method.name == "mocov2" and cfg.method.queue_size is not None:
-        per_step = cfg.train.batch_size * (2 if cfg.method.symmetric else 1)
-        if cfg.method.queue_size % per_step:
-            raise ConfigError(
-                f"method.queue_size={cfg.method.queue_size} must be a multiple of the keys "
-                f"enqueued per step ({per_step} = train.batch_size"
-                f"{' x 2 (symmetric)' if cfg.method.symmetric else ''}); e.g. "
-                f"--set method.queue_size={max(per_step, cfg.method.queue_size // per_step * per_step)}")
-    if (cfg.method.name == "mocov2" and cfg.method.shuffle_bn and cfg.method.bn_splits > 1
-            and cfg.train.batch_size % cfg.method.bn_splits):
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by "
-                          f"method.bn_splits={cfg.method.bn_splits} (shuffle-BN groups); "
-                          f"change one of them, or --set method.bn_splits=1")
+        sym = cfg.method.symmetric
+        check_queue_size(cfg.method.queue_size, cfg.train.batch_size * (2 if sym else 1),
+                         "train.batch_size" + (" x 2 (symmetric)" if sym else ""))
+    if cfg.method.name == "mocov2" and cfg.method.shuffle_bn and cfg.method.bn_splits > 1:
+        check_bn_splits(cfg.train.batch_size, cfg.method.bn_splits)
     if cfg.data.mean is not None and len(cfg.data.mean) not in (1, cfg.data.channels):
         raise ConfigError(f"data.mean has {len(cfg.data.mean)} values; data.channels="
                           f"{cfg.data.channels} needs {cfg.data.channels}")

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
+from torch.distributed.nn.functional import all_gather as all_gather_autograd
 
 
 def is_distributed() -> bool:
@@ -91,9 +92,7 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Like :func:`all_gather`, but gradients flow back to each rank's own slice."""
     if get_world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather as _ag
-
-    return torch.cat(_ag(x.contiguous()), dim=0)
+    return torch.cat(all_gather_autograd(x.contiguous()), dim=0)
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,5 @@
-"""Training engine: device, precision, the training loop, logging and checkpoints.
-
-Every device decision lives here (and in :mod:`sslkit.distributed`); methods, losses and
-augmentation follow their inputs' device.
+"""The pretraining loop: builds data, views, method and optimizer from a Config, then trains,
+logs, monitors and checkpoints.
 
 One step: loader (CPU, uint8) -> device -> two views (kornia, on the device) -> method ->
 loss -> backward -> optimizer step -> LR schedule -> momentum update -> log. Every
@@ -10,229 +8,47 @@ every ``train.checkpoint_every_steps`` (atomic), and ``backbone.pt`` at the end.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import math
-import os
-import random
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from sslkit import distributed as dist_utils
-from sslkit.checkpoint import (PREV_NAME, load_checkpoint_with_fallback, save_atomic)
-from sslkit.config import Config, RunConfig
+from sslkit.augment import augmentation_grid, eval_transform_from_config, views_from_config
+from sslkit.checkpoint import load_checkpoint_with_fallback, load_into, save_atomic
+from sslkit.config import Config, save as save_config
+from sslkit.data import TrainSampler, build_loader, dataset_from_config
 from sslkit.errors import ConfigError, UserError
-
-RUN_FILES = ("config.yaml", "metrics.jsonl", "tb", "checkpoints", "backbone.pt", "eval.json")
-# keys whose change makes a checkpoint unusable for --resume
-STRUCTURAL = ("data.name", "data.channels", "data.image_size", "model", "method", "batchformer",
-              "optim.name", "train.batch_size")
+from sslkit.export import backbone_state_dict
+from sslkit.features import extract_features
+from sslkit.knn import knn_accuracy
+from sslkit.methods import build_method
+from sslkit.metrics import MetricsLog, Summary, print_summary
+from sslkit.optim import build_optimizer, build_scheduler, cosine_momentum
+from sslkit.rundir import check_run_dir, clear_run_dir, compare_resume_config
+from sslkit.runtime import (autocast, configure_cpu, fork_rng, params_finite, resolve_device,
+                            resolve_precision, rng_state, seed_everything, set_rng_state)
 
 
 class TrainingDiverged(UserError):
     """The loss became NaN/inf (train.nan_policy=stop)."""
 
 
-# --------------------------------------------------------------------------- device/precision
-def resolve_device(run: RunConfig) -> torch.device:
-    """``run.device``: auto picks CUDA when present; ``cuda`` without a GPU is a user error."""
-    if run.device == "cuda" or (run.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ConfigError("run.device=cuda but no CUDA GPU is available here; use "
-                              "--set run.device=cpu (or auto)")
-        return torch.device("cuda", dist_utils.get_local_rank())
-    return torch.device("cpu")
-
-
-def resolve_precision(run: RunConfig, device: torch.device) -> str:
-    """``auto`` is bf16 on a GPU that supports it, else fp32; fp16 needs CUDA."""
-    p = run.precision
-    if p == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if p == "fp16" and device.type != "cuda":
-        raise ConfigError("run.precision=fp16 needs a CUDA device (it uses a GradScaler); on "
-                          "the CPU use bf16 or fp32")
-    return p
-
-
-def autocast(device: torch.device, precision: str):
-    """The autocast context for ``precision`` (a no-op for fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def configure_cpu(run: RunConfig) -> None:
-    if run.num_threads:
-        torch.set_num_threads(run.num_threads)
-    torch.set_flush_denormal(True)  # denormals made CPU feature extraction ~3x slower
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-# --------------------------------------------------------------------------- run directory
-def _nearest_existing(path: Path) -> Path:
-    p = path
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p
-
-
-def check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse an unusable run directory before any work starts; changes nothing on disk."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"run.output_dir '{out}' is a file, not a directory; choose another "
-                        f"run.output_dir")
-    base = _nearest_existing(out)
-    if not base.is_dir():
-        raise UserError(f"run.output_dir '{out}' cannot be created: '{base}' is not a directory")
-    try:  # a real write probe (permission bits alone mislead root and read-only mounts)
-        probe = base / f".sslkit-write-probe-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"run.output_dir '{out}' is not writable ({e.strerror} in '{base}'); "
-                        f"choose another run.output_dir") from None
-    present = [n for n in RUN_FILES if (out / n).exists()]
-    if resume:
-        ck = out / "checkpoints"
-        if not (ck / "last.pt").exists() and not (ck / PREV_NAME).exists():
-            raise UserError(f"nothing to resume in '{out}': no checkpoints/last.pt; start the "
-                            f"run without --resume")
-    elif present and not overwrite:
-        raise UserError(f"run.output_dir '{out}' already holds a run ({', '.join(present)}); "
-                        f"continue it with --resume, replace it with --overwrite, or choose "
-                        f"another run.output_dir")
-
-
-def clear_run_dir(out: Path) -> None:
-    """--overwrite: remove only the files a run writes (nothing else in the directory)."""
-    for name in RUN_FILES:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def compare_resume_config(saved: dict, cfg: Config, source: Path) -> list[str]:
-    """Refuse structural changes; return the other changed keys (printed as a note)."""
-    old, new = _flat(saved), _flat(cfg.to_dict())
-    changed = [k for k in new if old.get(k, new[k]) != new[k]]
-    for k in changed:
-        if any(k == s or k.startswith(s + ".") for s in STRUCTURAL):
-            raise UserError(f"cannot resume from '{source}': {k} was {old[k]!r} there but is "
-                            f"{new[k]!r} now; resume with the run's own config.yaml")
-    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed]
-
-
-# --------------------------------------------------------------------------- state helpers
-def rng_state() -> dict:
-    py = random.getstate()
-    npst = np.random.get_state()
-    state = {"python": [py[0], list(py[1]), py[2]],
-             "numpy": [npst[0], torch.from_numpy(npst[1].astype(np.int64)), int(npst[2]),
-                       int(npst[3]), float(npst[4])],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def params_finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values()
-               if t.is_floating_point())
-
-
-class MetricsLog:
-    """``metrics.jsonl`` (one JSON object per line) + TensorBoard scalars; rank 0 only."""
-
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, start_step: int):
-        self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
-        self.tb = None
-        if not enabled:
-            return
-        if start_step > 0 and self.path.exists():  # drop lines a killed run wrote past resume
-            keep = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= start_step]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(ln + "\n" for ln in keep))
-            os.replace(tmp, self.path)
-        self.fh = open(self.path, "a", encoding="utf-8")
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
-
-    def write(self, record: dict, prefix: str) -> None:
-        if not self.enabled:
-            return
-        self.fh.write(json.dumps(record) + "\n")
-        self.fh.flush()
-        if self.tb is not None:
-            for k, v in record.items():
-                if k not in ("step", "epoch") and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"{prefix}/{k}", v, record["step"])
-
-    def image(self, tag: str, img: torch.Tensor, step: int) -> None:
-        if self.enabled and self.tb is not None:
-            self.tb.add_image(tag, img, step)
-
-    def close(self, hparams: dict | None = None, final: dict | None = None) -> None:
-        if not self.enabled:
-            return
-        self.fh.close()
-        if self.tb is not None:
-            if hparams is not None and final:
-                self.tb.add_hparams(hparams, {f"hparam/{k}": v for k, v in final.items()},
-                                    run_name=".")
-            self.tb.close()
-
-
-# --------------------------------------------------------------------------- the trainer
 @dataclasses.dataclass
-class Summary:
-    run_dir: str
-    steps: int
-    epochs_done: int
-    final_loss: float | None
-    knn_top1: float | None
-    seconds: float
-    skipped_steps: int
-    backbone: str | None
+class StepResult:
+    """What one optimizer step reports: the loss (mean over processes), the LR and EMA
+    momentum it used, and the method's stats (detached tensors)."""
+
+    loss: float
+    lr: float
+    momentum: float
+    stats: dict[str, torch.Tensor]
 
 
 class Trainer:
@@ -269,20 +85,15 @@ class Trainer:
         self.ckpt_source: Path | None = None
         if resume:
             self._load_resume_state()
-        # per-rank randomness for augmentation (after the identical init)
-        if not resume:
+        else:  # per-rank randomness for augmentation (after the identical init)
             seed_everything(cfg.run.seed + 1000 * self.rank + 1)
 
     # ----------------------------------------------------------------- building
     def _build_data(self) -> None:
-        from sslkit.augment import views_from_config
-        from sslkit.data import TrainSampler, build_loader, dataset_from_config
-
         cfg = self.cfg
         self.train_set = dataset_from_config(cfg.data, "pretrain", seed=cfg.run.seed)
         n = len(self.train_set)
-        per_rank = n // self.world
-        self.steps_per_epoch = per_rank // self.local_batch
+        self.steps_per_epoch = (n // self.world) // self.local_batch
         if self.steps_per_epoch == 0:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is larger than the "
                               f"{n} training images of {cfg.data.name}; lower train.batch_size")
@@ -301,9 +112,6 @@ class Trainer:
                              dataset_from_config(cfg.data, "test", seed=cfg.run.seed))
 
     def _build_model(self) -> None:
-        from sslkit.methods import build_method
-        from sslkit.optim import build_optimizer, build_scheduler
-
         cfg = self.cfg
         method = build_method(cfg)
         if self.distributed and cfg.method.sync_bn:
@@ -324,9 +132,14 @@ class Trainer:
     def _load_resume_state(self) -> None:
         ckpt, source = load_checkpoint_with_fallback(self.run_dir / "checkpoints" / "last.pt")
         notes = compare_resume_config(ckpt["config"], self.cfg, source)
+        saved_spe = ckpt.get("data", {}).get("steps_per_epoch", self.steps_per_epoch)
+        if saved_spe != self.steps_per_epoch:
+            raise UserError(f"cannot resume from '{source}': it was written at {saved_spe} "
+                            f"steps per epoch and this run has {self.steps_per_epoch} (the "
+                            f"training set or the number of processes changed); resume with "
+                            f"the run's own data and process count")
         if self.main and notes:
             print("note: resuming with changed keys: " + "; ".join(notes), flush=True)
-        from sslkit.checkpoint import load_into
         load_into(self.method, ckpt["model"], str(source), what="method")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -348,9 +161,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": step // self.steps_per_epoch, "step": step,
-                "data": {"epoch": step // self.steps_per_epoch,
-                         "batch_in_epoch": step % self.steps_per_epoch,
-                         "steps_per_epoch": self.steps_per_epoch, "seed": self.cfg.run.seed},
+                "data": {"steps_per_epoch": self.steps_per_epoch, "seed": self.cfg.run.seed},
                 "skipped_steps": self.skipped, "config": self.cfg.to_dict(), "rng": rngs}
 
     def save_checkpoint(self, step: int) -> None:
@@ -366,11 +177,6 @@ class Trainer:
     @torch.no_grad()
     def knn_monitor(self) -> dict:
         """kNN top-1/top-5 of the backbone's features: train-split bank, test-split queries."""
-        from linear_eval.features import extract_features
-        from sslkit.augment import eval_transform_from_config
-        from sslkit.data import build_loader
-        from sslkit.knn import knn_accuracy
-
         cfg = self.cfg
         bank, test = self.knn_sets
         if cfg.eval.knn_bank_size and cfg.eval.knn_bank_size < len(bank):
@@ -378,7 +184,7 @@ class Trainer:
             bank = bank.subset(torch.randperm(len(bank), generator=g)[:cfg.eval.knn_bank_size])
         tf = eval_transform_from_config(cfg).to(self.device)
         feats = []
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with fork_rng(self.device):
             for ds in (bank, test):
                 loader = build_loader(ds, cfg.eval.batch_size, train=False,
                                       num_workers=cfg.data.num_workers,
@@ -395,9 +201,7 @@ class Trainer:
     def aug_grid(self, log: MetricsLog, step: int) -> None:
         if not (self.main and self.cfg.run.tensorboard):
             return
-        from sslkit.augment import augmentation_grid
-
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with fork_rng(self.device):
             images = torch.stack([self.train_set[i][0] for i in range(8)]).to(self.device)
             log.image("augment/original_view1_view2", augmentation_grid(images, self.views, n=8),
                       step)
@@ -409,37 +213,31 @@ class Trainer:
             if self.overwrite:
                 clear_run_dir(self.run_dir)
             (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            from sslkit.config import save
-            save(cfg, self.run_dir / "config.yaml")
+            save_config(cfg, self.run_dir / "config.yaml")
         if main:  # temporary files of a checkpoint write that was killed halfway
             for stale in (self.run_dir / "checkpoints").glob(".*.tmp-*"):
                 stale.unlink()
         dist_utils.barrier()
         log = MetricsLog(self.run_dir, main, cfg.run.tensorboard, self.start_step)
-        step, t_start = self.start_step, time.time()
-        last_loss, knn = None, None
-        if step == 0:
+        t_start = time.time()
+        if self.start_step == 0:
             self.aug_grid(log, 0)
         bar = None
         if main and cfg.run.progress:
-            from tqdm import tqdm
-            bar = tqdm(total=self.total_steps, initial=step, unit="step", dynamic_ncols=True,
-                       file=sys.stdout, mininterval=1.0, desc="pretrain")
-        finished, final = False, {}
+            bar = tqdm(total=self.total_steps, initial=self.start_step, unit="step",
+                       dynamic_ncols=True, file=sys.stdout, mininterval=1.0, desc="pretrain")
+        step, last_loss, knn, backbone_path, finished = self.start_step, None, None, None, False
         try:
-            last_loss, knn = self._loop(log, bar, step, stop_after_steps)
-            step = self._step
+            step, last_loss, knn = self._train(log, bar, stop_after_steps)
             finished = step >= self.total_steps
-            backbone_path = None
             if finished and main:
-                from sslkit.export import backbone_state_dict
                 backbone_path = self.run_dir / "backbone.pt"
                 save_atomic(backbone_state_dict(self.method.state_dict()), backbone_path,
                             keep_previous=False)
-            final = {"loss": last_loss, **(knn or {})} if last_loss is not None else {}
         finally:
             if bar is not None:
                 bar.close()
+            final = {"loss": last_loss, **(knn or {})} if last_loss is not None else {}
             log.close(self._hparams() if finished else None, final)
         dist_utils.barrier()
         return Summary(str(self.run_dir), step, step // self.steps_per_epoch, last_loss,
@@ -454,89 +252,103 @@ class Trainer:
                 "lr": c.optim.lr, "optimizer": c.optim.name,
                 "temperature": float(c.method.temperature)}
 
-    def _loop(self, log: MetricsLog, bar, step: int, stop_after: int | None):
-        from sslkit.methods import cosine_momentum
-
-        cfg, dev = self.cfg, self.device
-        spe = self.steps_per_epoch
+    def _train(self, log: MetricsLog, bar, stop_after: int | None
+               ) -> tuple[int, float | None, dict | None]:
+        """Steps from ``start_step`` to the end (or ``stop_after``); returns (the step reached,
+        the last loss, the last online kNN result)."""
+        cfg, spe = self.cfg, self.steps_per_epoch
         every_ckpt = cfg.train.checkpoint_every_steps
-        last_loss, knn = None, None
+        step, last_loss, knn = self.start_step, None, None
         t_log, n_log = time.time(), 0
-        self._step = step
         self.method.train()
         while step < self.total_steps:
             epoch, offset = divmod(step, spe)
             self.sampler.set_epoch(epoch)
             self.sampler.set_start(offset, self.local_batch)
             for images, _ in self.loader:
-                images = images.to(dev, non_blocking=True)
-                view1, view2 = self.views(images)
-                if cfg.run.channels_last:
-                    view1 = view1.contiguous(memory_format=torch.channels_last)
-                    view2 = view2.contiguous(memory_format=torch.channels_last)
-                with autocast(dev, self.precision):
-                    loss, stats = self.model(view1, view2)
-                # the mean over ranks: a NaN anywhere stops (or skips) every rank alike
-                loss_value = float(dist_utils.all_reduce_mean(loss.detach().float()))
-                if not math.isfinite(loss_value):
-                    if cfg.train.nan_policy == "stop":
-                        raise TrainingDiverged(
-                            f"loss is {loss_value} at step {step + 1} (epoch {epoch + 1}); "
-                            f"stopped with the last finite checkpoint kept; lower optim.lr or "
-                            f"set train.nan_policy=skip")
-                    self.skipped += 1
-                    self.optimizer.zero_grad(set_to_none=True)
-                else:
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.scaler.scale(loss).backward()
-                    if cfg.optim.grad_clip is not None:
-                        self.scaler.unscale_(self.optimizer)
-                        nn.utils.clip_grad_norm_(self.method.parameters(), cfg.optim.grad_clip)
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                lr = self.optimizer.param_groups[0]["lr"]
-                self.scheduler.step()
-                m = (cosine_momentum(step, self.total_steps, cfg.method.momentum)
-                     if cfg.method.momentum_schedule == "cosine" else cfg.method.momentum)
-                self.method.momentum_update(m)
+                result = self._step(images, step)
                 step += 1
-                self._step = step
                 n_log += images.shape[0] * self.world
-                last_loss = loss_value
+                last_loss = result.loss
                 if bar is not None:
                     bar.update(1)
                 if step % cfg.run.log_every_steps == 0 or step == self.total_steps:
-                    dt = max(time.time() - t_log, 1e-9)
-                    rec = {"step": step, "epoch": round(step / spe, 4),
-                           "loss": loss_value,
-                           "lr": lr, "momentum": m, "img_per_s": round(n_log / dt, 2)}
-                    rec.update({k: float(dist_utils.all_reduce_mean(v.detach().float()))
-                                for k, v in stats.items()})
-                    if self.skipped:
-                        rec["skipped_steps"] = self.skipped
-                    log.write(rec, "train")
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['img_per_s']:.0f}")
+                    self._log_step(log, bar, step, result, n_log / max(time.time() - t_log, 1e-9))
                     t_log, n_log = time.time(), 0
                 epoch_end = step % spe == 0 or step == self.total_steps
                 if epoch_end:
-                    ep = math.ceil(step / spe)
-                    if self.knn_sets is not None and cfg.eval.knn_every and (
-                            ep % cfg.eval.knn_every == 0 or step == self.total_steps):
-                        if self.main:
-                            knn = self.knn_monitor()
-                            log.write({"step": step, "epoch": ep, **knn}, "knn")
-                            if bar is not None:
-                                bar.write(f"epoch {ep}: kNN top-1 {knn['knn_top1']:.2f}%")
-                        dist_utils.barrier()
-                        self.method.train()
-                    if cfg.run.aug_grid_every and ep % cfg.run.aug_grid_every == 0:
-                        self.aug_grid(log, step)
+                    knn = self._end_of_epoch(log, bar, step) or knn
                 if epoch_end or (every_ckpt and step % every_ckpt == 0):
                     self.save_checkpoint(step)
                 if step >= self.total_steps or (stop_after is not None and step >= stop_after):
-                    return last_loss, knn
-        return last_loss, knn
+                    return step, last_loss, knn
+        return step, last_loss, knn
+
+    def _step(self, images: torch.Tensor, step: int) -> StepResult:
+        """One optimizer step on a batch of uint8 images (``step`` steps done before it)."""
+        cfg, dev = self.cfg, self.device
+        images = images.to(dev, non_blocking=True)
+        view1, view2 = self.views(images)
+        if cfg.run.channels_last:
+            view1 = view1.contiguous(memory_format=torch.channels_last)
+            view2 = view2.contiguous(memory_format=torch.channels_last)
+        with autocast(dev, self.precision):
+            loss, stats = self.model(view1, view2)
+        # the mean over ranks: a NaN anywhere stops (or skips) every rank alike
+        loss_value = float(dist_utils.all_reduce_mean(loss.detach().float()))
+        self.optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(loss_value):
+            if cfg.train.nan_policy == "stop":
+                raise TrainingDiverged(
+                    f"loss is {loss_value} at step {step + 1} (epoch {step // self.steps_per_epoch + 1}); "
+                    f"stopped with the last finite checkpoint kept; lower optim.lr or "
+                    f"set train.nan_policy=skip")
+            self.skipped += 1
+        else:
+            self.scaler.scale(loss).backward()
+            if cfg.optim.grad_clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.method.parameters(), cfg.optim.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        m = (cosine_momentum(step, self.total_steps, cfg.method.momentum)
+             if cfg.method.momentum_schedule == "cosine" else cfg.method.momentum)
+        self.method.momentum_update(m)
+        return StepResult(loss_value, lr, m, stats)
+
+    def _log_step(self, log: MetricsLog, bar, step: int, result: StepResult,
+                  img_per_s: float) -> None:
+        rec = {"step": step, "epoch": round(step / self.steps_per_epoch, 4),
+               "loss": result.loss, "lr": result.lr, "momentum": result.momentum,
+               "img_per_s": round(img_per_s, 2)}
+        rec.update({k: float(dist_utils.all_reduce_mean(v.detach().float()))
+                    for k, v in result.stats.items()})
+        if self.skipped:
+            rec["skipped_steps"] = self.skipped
+        log.write(rec, "train")
+        if bar is not None:
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['img_per_s']:.0f}")
+
+    def _end_of_epoch(self, log: MetricsLog, bar, step: int) -> dict | None:
+        """Online kNN (every ``eval.knn_every`` epochs and at the end) and the augmentation
+        grid; returns the kNN result when one was measured (on rank 0)."""
+        cfg = self.cfg
+        ep = math.ceil(step / self.steps_per_epoch)
+        knn = None
+        if self.knn_sets is not None and cfg.eval.knn_every and (
+                ep % cfg.eval.knn_every == 0 or step == self.total_steps):
+            if self.main:
+                knn = self.knn_monitor()
+                log.write({"step": step, "epoch": ep, **knn}, "knn")
+                if bar is not None:
+                    bar.write(f"epoch {ep}: kNN top-1 {knn['knn_top1']:.2f}%")
+            dist_utils.barrier()
+            self.method.train()
+        if cfg.run.aug_grid_every and ep % cfg.run.aug_grid_every == 0:
+            self.aug_grid(log, step)
+        return knn
 
 
 def pretrain(cfg: Config, resume: bool = False, overwrite: bool = False,
@@ -557,19 +369,3 @@ def pretrain(cfg: Config, resume: bool = False, overwrite: bool = False,
     if trainer.main:
         print_summary(summary)
     return summary
-
-
-def print_summary(s: Summary) -> None:
-    run = Path(s.run_dir)
-    lines = [f"done: {s.steps} steps ({s.epochs_done} epochs) in {s.seconds / 60:.1f} min"
-             + (f", final loss {s.final_loss:.4f}" if s.final_loss is not None else "")
-             + (f", online kNN top-1 {s.knn_top1:.2f}%" if s.knn_top1 is not None else "")]
-    if s.skipped_steps:
-        lines.append(f"  skipped non-finite steps: {s.skipped_steps}")
-    lines += [f"  run directory: {run}", f"  config:        {run / 'config.yaml'}",
-              f"  metrics:       {run / 'metrics.jsonl'}",
-              f"  checkpoint:    {run / 'checkpoints' / 'last.pt'}"]
-    if s.backbone:
-        lines.append(f"  backbone:      {s.backbone}")
-    lines.append(f"  TensorBoard:   tensorboard --logdir {run / 'tb'} --host 127.0.0.1")
-    print("\n".join(lines), flush=True)

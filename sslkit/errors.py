@@ -3,8 +3,13 @@
 A :class:`UserError` is something the user can fix (a bad config, missing data, a foreign
 checkpoint). The command-line entry points print it as ONE line ``error: ...`` on stderr and
 exit with code 2; anything else is an internal error (exit 1, with a traceback).
+:func:`guard` and :class:`OneLineParser` implement that contract for every command.
 """
 from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
 
 
 class UserError(Exception):
@@ -25,3 +30,27 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint is missing, corrupt, foreign or of another architecture."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one ``error:`` line (exit 2)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def guard(fn: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None,
+          interrupted: str = "interrupted") -> int:
+    """Run a command-line main ``fn(argv)``: a :class:`UserError` becomes one line
+    ``error: ...`` on stderr and exit code 2; Ctrl-C prints ``error: <interrupted>`` and exits
+    130; anything else propagates (exit 1 with its traceback)."""
+    try:
+        return fn(argv)
+    except UserError as e:
+        sys.stdout.flush()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        print(f"error: {interrupted}", file=sys.stderr)
+        return 130

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from sslkit.checkpoint import (_torch_load, is_sslkit_checkpoint, load_checkpoint,
+from sslkit.checkpoint import (is_sslkit_checkpoint, load_any, load_checkpoint,
                                load_state_dict_file, save_atomic)
-from sslkit.errors import CheckpointError, UserError
+from sslkit.config import read_yaml_file
+from sslkit.errors import CheckpointError, OneLineParser, UserError, guard
 
 BACKBONE_PREFIX = "backbone."
 
@@ -57,7 +58,7 @@ def read_backbone_source(path: str | os.PathLike) -> tuple["OrderedDict[str, tor
     """Backbone weights and (if known) the run's config dict from ``last.pt`` or
     ``backbone.pt``. For ``backbone.pt`` the config comes from ``config.yaml`` beside it."""
     path = Path(path)
-    obj = _torch_load(path)
+    obj = load_any(path)
     if is_sslkit_checkpoint(obj):
         ckpt = load_checkpoint(path) if not isinstance(obj.get("config"), dict) else obj
         return backbone_state_dict(ckpt["model"]), ckpt["config"]
@@ -69,14 +70,11 @@ def read_backbone_source(path: str | os.PathLike) -> tuple["OrderedDict[str, tor
     state = OrderedDict((k, v) for k, v in state.items() if not k.startswith(("fc.", "heads.")))
     cfg_file = run_dir_of(path) / "config.yaml"
     if cfg_file.is_file():
-        from sslkit.config import read_yaml_file
         return state, read_yaml_file(cfg_file)
     return state, None
 
 
 def _main(argv: list[str] | None) -> int:
-    from sslkit.cli import OneLineParser
-
     p = OneLineParser(prog="python -m sslkit.export",
                       description="Export the backbone of a training checkpoint (torchvision "
                                   "key names; no BatchFormer, heads or momentum encoder).")
@@ -88,8 +86,6 @@ def _main(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sslkit.cli import guard
-
     return guard(_main, argv)
 
 

@@ -1,8 +1,9 @@
-"""Optimizers (SGD, LARS, AdamW), parameter groups and the step-based LR schedule.
+"""Optimizers (SGD, LARS, AdamW), parameter groups and the two step-based schedules: the LR
+(warmup + cosine) and MoCo-v3's EMA momentum (cosine 0.99 -> 1).
 
-The EMA momentum schedule is :func:`sslkit.methods.cosine_momentum`. Schedules are pure
-functions of the global step, wrapped in ``torch.optim.lr_scheduler.LambdaLR``
-so that their state (the step) is saved and a resumed run continues exactly.
+Schedules are pure functions of the global step; the LR one is wrapped in
+``torch.optim.lr_scheduler.LambdaLR`` so that its state (the step) is saved and a resumed run
+continues exactly.
 """
 from __future__ import annotations
 
@@ -15,12 +16,18 @@ from torch import nn
 from sslkit.config import OptimConfig
 
 
+def linear_scaled(lr: float, batch_size: int) -> float:
+    """The linear scaling rule (Goyal et al. 2017): ``lr`` is given for a batch of 256."""
+    return lr * batch_size / 256
+
+
 def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
-    """The linear scaling rule: lr = base_lr x global_batch / 256 (Goyal et al. 2017)."""
-    return cfg.lr * global_batch / 256 if cfg.lr_scaling == "linear" else cfg.lr
+    """The pretraining LR: ``optim.lr`` linearly scaled by the global batch (``lr_scaling:
+    linear``) or as given (``none``)."""
+    return linear_scaled(cfg.lr, global_batch) if cfg.lr_scaling == "linear" else cfg.lr
 
 
-def _is_bias_or_norm(name: str, p: nn.Parameter) -> bool:
+def _is_bias_or_norm(p: nn.Parameter) -> bool:
     return p.ndim <= 1  # biases, BN/LN weights and biases (MoCo-v3's LARS rule: ndim == 1)
 
 
@@ -31,11 +38,11 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     decay and no LARS adaptation.
     """
     regular, excluded = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if not p.requires_grad:
             continue
         split = cfg.name == "lars" or cfg.exclude_bias_norm
-        (excluded if split and _is_bias_or_norm(name, p) else regular).append(p)
+        (excluded if split and _is_bias_or_norm(p) else regular).append(p)
     groups = [{"params": regular, "weight_decay": cfg.weight_decay, "lars_exclude": False}]
     if excluded:
         groups.append({"params": excluded, "weight_decay": 0.0, "lars_exclude": True})
@@ -122,3 +129,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_st
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, warmup, cfg.schedule, min_ratio))
 
+
+
+def cosine_momentum(step: int, total_steps: int, base: float = 0.99,
+                    final: float = 1.0) -> float:
+    """MoCo-v3's momentum schedule: final - (final - base) * (cos(pi * step / total) + 1) / 2.
+
+    Equals ``base`` at step 0 and ``final`` at ``total_steps`` (and beyond).
+    """
+    if total_steps <= 0 or step >= total_steps:
+        return float(final)
+    return final - (final - base) * (math.cos(math.pi * step / total_steps) + 1) / 2

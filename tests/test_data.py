@@ -46,7 +46,7 @@ def fake_fmnist(root: Path, n_train: int = 12, n_test: int = 5, gz_train: bool =
 
 @pytest.fixture
 def no_debian(monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", str(tmp_path / "no-debian"))
+    monkeypatch.setattr(data.formats, "DEBIAN_FASHION_MNIST", str(tmp_path / "no-debian"))
 
 
 def fake_cifar(root: Path, hundred: bool, n: int = 4):

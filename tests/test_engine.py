@@ -13,6 +13,7 @@ from helpers_tiny import tiny_config, tiny_overrides
 from sslkit import config
 from sslkit.checkpoint import load_checkpoint, load_state_dict_file
 from sslkit.engine import Trainer, TrainingDiverged, pretrain
+from sslkit.errors import UserError
 
 
 def _sets(items: list[str]) -> list[str]:
@@ -149,3 +150,15 @@ def test_refuses_to_clobber_another_run(tmp_path):
     proc = run_cli("run_pretrain.py", "--overwrite", *_sets(items + ["optim.lr=0.1"]))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert config.load(out / "config.yaml").optim.lr == 0.1
+
+
+def test_resume_refuses_another_data_order(tmp_path):
+    """The checkpoint records steps per epoch: resuming on a different training set (which
+    would misplace the data order) is one line, before anything is written."""
+    out = tmp_path / "run"
+    pretrain(tiny_config(out, epochs=2, extra=["eval.knn_every=0"]), stop_after_steps=4)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    cfg = tiny_config(out, epochs=2, extra=["eval.knn_every=0", "data.synthetic_train=48"])
+    with pytest.raises(UserError, match="4 steps per epoch and this run has 3"):
+        Trainer(cfg, resume=True)
+    assert before == {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}

@@ -11,12 +11,14 @@ import torch
 import torch.nn as nn
 
 from conftest import assert_one_line_error, run_cli
-from linear_eval.features import ProbeTrainTransform, extract_features
-from sslkit.augment import CenterView
-from linear_eval.probe import (BackboneChangedError, LinearHeads, Standardizer,
-                               cached_probe, check_unchanged, init_linear, lr_at_epoch,
-                               snapshot_state, standard_probe, stratified_split)
+from linear_eval.cached import LinearHeads, Standardizer, cached_probe, stratified_split
+from linear_eval.common import lr_at_epoch
+from linear_eval.standard import (BackboneChangedError, check_unchanged, init_linear,
+                                  snapshot_state, standard_probe)
+from linear_eval.transforms import ProbeTrainTransform
 from sslkit import config
+from sslkit.augment import CenterView
+from sslkit.features import extract_features
 
 
 def eval_cfg(**kw) -> config.EvalConfig:

@@ -1,32 +1,56 @@
-"""What MoCo-v2 and MoCo-v3 share: a momentum (key) encoder that follows the online one."""
+"""What MoCo-v2 and MoCo-v3 share: the online encoder with an optional BatchFormer, the
+momentum (key) encoder that follows it, the two-stream contrast and the stats merge.
+
+Online branch:   x -> backbone -> h (B, D) -> [BatchFormer, training only: (2B, D), the plain
+                 rows first] -> heads (projector; + predictor for MoCo-v3) -> q (S*B, d)
+Momentum branch: an EMA copy of backbone + projector, no gradient, no BatchFormer.
+
+BatchFormer: Hou, Yu & Tao, CVPR 2022 (github.com/zhihou7/BatchFormer). Both streams share the
+heads and the momentum keys; each contrastive term is the mean over the S*B query rows, i.e.
+the average of the streams' losses (reported as ``loss_plain`` / ``loss_bf``).
+"""
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+from sslkit.config import BatchFormerConfig
+from sslkit.models.batchformer import BatchFormer
+
+Stats = dict[str, Tensor]
 
 
-class MomentumEncoder(nn.Module):
-    """Base of the MoCo methods: ``backbone`` + ``projector`` (online) and their momentum
-    copies ``momentum_backbone`` + ``momentum_projector`` (no gradient, no BatchFormer, no
-    predictor)."""
+class MoCoBase(nn.Module):
+    """Base of the MoCo methods. Subclasses build ``projector`` (and more heads) after calling
+    ``super().__init__``, then :meth:`_init_momentum_encoder`, and override :meth:`_heads`
+    when the queries pass more than the projector."""
 
-    backbone: nn.Module
     projector: nn.Module
 
+    def __init__(self, backbone: nn.Module, feat_dim: int, batchformer: BatchFormerConfig):
+        super().__init__()
+        self.bf_scope = batchformer.scope
+        self.backbone = backbone  # the exportable encoder: state-dict keys 'backbone.*'
+        self.batchformer = (BatchFormer(feat_dim, batchformer.heads, batchformer.ffn_dim,
+                                        batchformer.dropout, batchformer.layers)
+                            if batchformer.enabled else None)
+
+    # ------------------------------------------------------------------ momentum encoder
     def _init_momentum_encoder(self) -> None:
         """Copy the online backbone + projector into the momentum encoder (frozen)."""
         self.momentum_backbone = copy.deepcopy(self.backbone)
         self.momentum_projector = copy.deepcopy(self.projector)
-        for p in self._momentum_params():
+        for _, p in self.momentum_pairs():
             p.requires_grad_(False)
 
-    def _online_params(self) -> list[nn.Parameter]:
-        return [*self.backbone.parameters(), *self.projector.parameters()]
-
-    def _momentum_params(self) -> list[nn.Parameter]:
-        return [*self.momentum_backbone.parameters(), *self.momentum_projector.parameters()]
+    def momentum_pairs(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
+        """(online, momentum) parameter pairs over backbone + projector, in the same order."""
+        online = [*self.backbone.parameters(), *self.projector.parameters()]
+        momentum = [*self.momentum_backbone.parameters(), *self.momentum_projector.parameters()]
+        return list(zip(online, momentum))
 
     @torch.no_grad()
     def momentum_update(self, m: float) -> None:
@@ -35,6 +59,55 @@ class MomentumEncoder(nn.Module):
         Buffers (BN running statistics) are not copied: as in the official code, the key
         encoder keeps its own, updated by its own train-mode forward passes.
         """
-        target = self._momentum_params()
-        torch._foreach_mul_(target, m)
-        torch._foreach_add_(target, [p.detach() for p in self._online_params()], alpha=1 - m)
+        online, target = zip(*self.momentum_pairs())
+        torch._foreach_mul_(list(target), m)
+        torch._foreach_add_(list(target), [p.detach() for p in online], alpha=1 - m)
+
+    def encode_keys(self, x: Tensor) -> Tensor:
+        """Images (B, C, H, W) -> momentum projections (B, d), not normalised."""
+        return self.momentum_projector(self.momentum_backbone(x))
+
+    # ------------------------------------------------------------------ queries
+    def _heads(self, h: Tensor) -> Tensor:
+        return self.projector(h)
+
+    def _queries(self, x: Tensor) -> Tensor:
+        """Images (B, C, H, W) -> queries (S*B, d); the BatchFormer stream only in training."""
+        h = self.backbone(x)  # (B, D)
+        if self.batchformer is not None and self.training:
+            h = self.batchformer(h, scope=self.bf_scope)  # (2B, D), plain rows first
+        return self._heads(h)
+
+    # ------------------------------------------------------------------ losses
+    @staticmethod
+    def _contrast(q: Tensor, b: int, ctr: Callable[[Tensor], Tensor],
+                  similarities: Callable[[Tensor], tuple[Tensor, Tensor]]) -> Stats:
+        """One contrastive term of the queries q (S*B, d): ``loss`` = ctr over all rows (the
+        mean of the streams' losses, each also returned when S = 2), and ``pos_sim`` /
+        ``neg_sim`` of the plain stream."""
+        pos, neg = similarities(q[:b])
+        out = {"pos_sim": pos, "neg_sim": neg}
+        if q.shape[0] == b:
+            out["loss"] = ctr(q)
+        else:  # mean over the 2B rows == average of the two streams' means
+            out["loss_plain"], out["loss_bf"] = ctr(q[:b]), ctr(q[b:])
+            out["loss"] = (out["loss_plain"] + out["loss_bf"]) / 2
+        return out
+
+    @staticmethod
+    def _merge(parts: list[Stats]) -> tuple[Tensor, Stats]:
+        """(summed loss, detached stats): losses add over the terms, similarities average."""
+        loss = parts[0]["loss"]
+        for p in parts[1:]:
+            loss = loss + p["loss"]
+        stats = {}
+        for name in parts[0]:
+            if name == "loss":
+                continue
+            total = parts[0][name]
+            for p in parts[1:]:
+                total = total + p[name]
+            stats[name] = total.detach()
+        for name in ("pos_sim", "neg_sim"):
+            stats[name] = stats[name] / len(parts)
+        return loss, stats

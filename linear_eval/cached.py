@@ -1,19 +1,4 @@
-"""Linear probes on a frozen backbone: the papers' protocol (``standard``) and a fast grid over
-cached features (``cached``).
-
-standard (MoCo-v2 / MoCo-v3 ``main_lincls.py``)
-    The backbone stays in eval mode (BN uses its running statistics) and gets no gradient;
-    each step draws a fresh random crop + flip on the device (``ProbeTrainTransform``), runs
-    the backbone without grad, and trains ``fc = nn.Linear(D, C)`` (weight ~ N(0, 0.01), bias
-    0) with SGD(lr = eval.lr x eval.batch_size / 256, momentum 0.9, weight decay
-    eval.weight_decay). Schedule (per epoch): ``step`` multiplies the LR by 0.1 at each
-    epoch ``round(m x eval.epochs)`` for m in eval.milestones (MoCo-v2: 60/80 of 100);
-    ``cosine`` is ``lr x 0.5 (1 + cos(pi epoch / epochs))`` (MoCo-v3). The final fc is
-    evaluated on the centre crop of the test split (we report the final epoch, not the best
-    epoch over test). At the end the backbone's state dict (weights AND BN buffers) must be
-    bit-identical to the one before training, else :class:`BackboneChangedError`.
-
-cached (our fast mode; hyper-parameters selected on held-out train data, never on test)
+"""The fast linear probe on cached features: (our fast mode; hyper-parameters selected on held-out train data, never on test)
     Features are extracted once (plus eval.aug_copies augmented copies of train). A
     stratified, seeded eval.val_fraction of train is held out. Features are standardised
     (per-dimension mean / std of the fitting set; the BN-without-affine trick of MAE's linear
@@ -27,187 +12,17 @@ cached (our fast mode; hyper-parameters selected on held-out train data, never o
 from __future__ import annotations
 
 import contextlib
-import math
 import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from tqdm import tqdm
 
-from linear_eval.features import iterate_batches, num_samples
+from linear_eval.common import log_scalar, lr_at_epoch
 from sslkit.config import EvalConfig
-from sslkit.engine import autocast
+from sslkit.optim import linear_scaled
 
 
-class BackboneChangedError(RuntimeError):
-    """Internal error: the frozen backbone changed during the linear probe (a bug)."""
-
-
-# --------------------------------------------------------------------------- helpers
-def snapshot_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """A CPU copy of every state-dict entry (parameters and buffers)."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-
-
-def check_unchanged(module: nn.Module, reference: dict[str, torch.Tensor]) -> None:
-    """Raise :class:`BackboneChangedError` unless ``module``'s state equals ``reference``
-    bit for bit (the sanity check of MoCo's ``main_lincls.py``, extended to BN buffers)."""
-    state = module.state_dict()
-    if set(state) != set(reference):
-        raise BackboneChangedError("the backbone's state-dict keys changed during the probe")
-    for k, v in state.items():
-        ref = reference[k]
-        if v.shape != ref.shape or v.dtype != ref.dtype or not torch.equal(v.detach().cpu(), ref):
-            raise BackboneChangedError(f"the frozen backbone changed during the linear probe "
-                                       f"('{k}' differs); the probe must not train it")
-
-
-def init_linear(feat_dim: int, num_classes: int, seed: int = 0) -> nn.Linear:
-    """``nn.Linear(feat_dim, num_classes)`` with weight ~ N(0, 0.01^2), bias 0 (MoCo)."""
-    fc = nn.Linear(feat_dim, num_classes)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        fc.weight.copy_(0.01 * torch.randn(fc.weight.shape, generator=g))
-        fc.bias.zero_()
-    return fc
-
-
-def lr_at_epoch(base_lr: float, epoch: int, epochs: int, schedule: str,
-                milestones: Sequence[float]) -> float:
-    """LR for ``epoch`` (0-based): step = x0.1 at each ``round(m * epochs)``; cosine =
-    ``base * 0.5 * (1 + cos(pi * epoch / epochs))``."""
-    if schedule == "cosine":
-        return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
-    drops = sum(epoch >= round(m * epochs) for m in milestones)
-    return base_lr * (0.1 ** drops)
-
-
-def scaled_lr(lr: float, batch_size: int) -> float:
-    """Linear scaling rule: LRs are given for a batch of 256."""
-    return lr * batch_size / 256.0
-
-
-def topk_hits(logits: torch.Tensor, labels: torch.Tensor, topk: Sequence[int] = (1, 5)
-              ) -> list[int]:
-    """Count of rows whose label is among the top-t logits, for each t (t <= #classes)."""
-    maxk = min(max(topk), logits.shape[-1])
-    pred = logits.topk(maxk, dim=-1).indices
-    hit = pred == labels.to(pred.device)[..., None]
-    return [int(hit[..., :min(t, maxk)].any(-1).sum()) for t in topk]
-
-
-def _pct(hits: int, n: int) -> float:
-    return 100.0 * hits / max(1, n)
-
-
-def _log(writer, tag: str, value: float, step: int) -> None:
-    if writer is not None:
-        writer.add_scalar(tag, value, step)
-
-
-# --------------------------------------------------------------------------- standard
-def standard_probe(backbone: nn.Module, feat_dim: int, num_classes: int,
-                   train_data, test_data, cfg: EvalConfig, *,
-                   train_transform: nn.Module, test_transform: nn.Module,
-                   device: torch.device, precision: str = "fp32", seed: int = 0,
-                   progress: bool = False, writer=None,
-                   on_epoch_end: Callable[[int], None] | None = None) -> dict:
-    """The papers' linear-evaluation protocol (module docstring). ``train_data`` /
-    ``test_data``: an ``(images uint8 (N,C,H,W), labels (N,))`` pair (train is shuffled
-    with a seeded generator every epoch) or a re-iterable loader of such batches.
-
-    Returns ``linear_top1``/``linear_top5`` (percent, test centre crop), the one-row
-    ``table``, per-epoch ``history``, ``selected`` {lr, wd} and ``timings``.
-    """
-    t0 = time.perf_counter()
-    reference = snapshot_state(backbone)
-    backbone.eval()  # BN frozen for the whole probe
-    fc = init_linear(feat_dim, num_classes, seed).to(device)
-    lr0 = scaled_lr(cfg.lr, cfg.batch_size)
-    opt = torch.optim.SGD(fc.parameters(), lr=lr0, momentum=0.9, weight_decay=cfg.weight_decay)
-    g = torch.Generator().manual_seed(seed)
-    tensors = isinstance(train_data, (tuple, list)) and isinstance(train_data[0], torch.Tensor)
-    n_train = num_samples(train_data) or 0
-    history = []
-    seen = 0
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=cfg.epochs, desc="linear probe (standard)", unit="epoch",
-                   leave=False, dynamic_ncols=True)
-    t_train = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        lr = lr_at_epoch(lr0, epoch, cfg.epochs, cfg.schedule, cfg.milestones)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        if tensors:
-            perm = torch.randperm(n_train, generator=g)
-            batches = ((train_data[0][i], train_data[1][i])
-                       for i in perm.split(cfg.batch_size))
-        else:
-            batches = iterate_batches(train_data, cfg.batch_size)
-        loss_sum = torch.zeros((), device=device)  # accumulated on the device: no per-step sync
-        hits = torch.zeros((), dtype=torch.long, device=device)
-        count = 0
-        for images, labels in batches:
-            x = images.to(device, non_blocking=True)
-            y = torch.as_tensor(labels).to(device, torch.long)
-            with torch.no_grad():
-                x = train_transform(x)
-                with autocast(device, precision):
-                    f = backbone(x)
-                f = f.flatten(1).float()
-            logits = fc(f)
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach() * y.shape[0]
-            hits += (logits.detach().argmax(1) == y).sum()
-            count += y.shape[0]
-        seen += count
-        row = {"epoch": epoch + 1, "lr": lr, "loss": float(loss_sum) / max(1, count),
-               "train_top1": _pct(int(hits), count)}
-        history.append(row)
-        _log(writer, "lincls/standard/train_loss", row["loss"], epoch + 1)
-        _log(writer, "lincls/standard/train_top1", row["train_top1"], epoch + 1)
-        _log(writer, "lincls/standard/lr", lr, epoch + 1)
-        if bar is not None:
-            bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_top1']:.1f}")
-            bar.update(1)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
-    if bar is not None:
-        bar.close()
-    train_s = time.perf_counter() - t_train
-
-    t_eval = time.perf_counter()
-    h1 = h5 = n = 0
-    fc.eval()
-    with torch.no_grad():
-        for images, labels in iterate_batches(test_data, cfg.batch_size):
-            x = test_transform(images.to(device, non_blocking=True))
-            with autocast(device, precision):
-                f = backbone(x)
-            logits = fc(f.flatten(1).float())
-            a, b = topk_hits(logits, torch.as_tensor(labels).long())
-            h1, h5, n = h1 + a, h5 + b, n + logits.shape[0]
-    eval_s = time.perf_counter() - t_eval
-    check_unchanged(backbone, reference)
-    top1, top5 = _pct(h1, n), _pct(h5, n)
-    row = {"lr": cfg.lr, "wd": cfg.weight_decay, "test_top1": top1, "test_top5": top5,
-           "final_train_loss": history[-1]["loss"] if history else math.nan}
-    return {"mode": "standard", "linear_top1": top1, "linear_top5": top5, "table": [row],
-            "selected": {"lr": cfg.lr, "wd": cfg.weight_decay}, "effective_lr": lr0,
-            "epochs": cfg.epochs, "batch_size": cfg.batch_size, "schedule": cfg.schedule,
-            "history": history,
-            "timings": {"train_s": train_s, "test_s": eval_s,
-                        "total_s": time.perf_counter() - t0,
-                        "train_img_per_s": seen / train_s if train_s > 0 else math.nan}}
-
-
-# --------------------------------------------------------------------------- cached
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int = 0
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """(fit_idx, val_idx): per class, ``round(fraction * n_c)`` seeded-random rows are held
@@ -362,13 +177,11 @@ def train_heads(x: torch.Tensor, y: torch.Tensor, num_classes: int, lrs: Sequenc
                 desc: str = "linear heads", writer=None, tag: str = "") -> LinearHeads:
     """Train one head per (lr, wd) pair on standardised features x (N, D), labels y (N,):
     eval.epochs epochs of shuffled mini-batches of eval.batch_size, eval.schedule."""
-    heads = LinearHeads(x.shape[1], num_classes, [scaled_lr(lr, cfg.batch_size) for lr in lrs],
+    heads = LinearHeads(x.shape[1], num_classes, [linear_scaled(lr, cfg.batch_size) for lr in lrs],
                         wds, seed=seed, device=x.device)
     g = torch.Generator().manual_seed(seed + 1)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=cfg.epochs, desc=desc, unit="epoch", leave=False, dynamic_ncols=True)
+    bar = (tqdm(total=cfg.epochs, desc=desc, unit="epoch", leave=False, dynamic_ncols=True)
+           if progress else None)
     n = x.shape[0]
     flops = 4.0 * min(cfg.batch_size, n) * x.shape[1] * heads.num_heads * num_classes
     with _threads_for(flops, x.device):
@@ -389,7 +202,7 @@ def _run_epochs(heads: LinearHeads, x: torch.Tensor, y: torch.Tensor, cfg: EvalC
             loss = heads.step(x[idx], y[idx], factor, with_loss=i == len(batches) - 1)
         heads.kill_diverged()
         if writer is not None and heads.num_heads == 1:  # loss of the epoch's last batch
-            _log(writer, f"{tag}/last_batch_loss", float(loss[0]), epoch + 1)
+            log_scalar(writer, f"{tag}/last_batch_loss", float(loss[0]), epoch + 1)
         if bar is not None:
             bar.update(1)
 
@@ -425,7 +238,7 @@ def cached_probe(train_features: torch.Tensor, train_labels: torch.Tensor,
     best = int(torch.argmax(v1))  # first maximum: grid order breaks ties
     lr, wd = grid[best]
     for row in table:
-        _log(writer, f"lincls/cached/val_top1/lr={row['lr']:g},wd={row['wd']:g}",
+        log_scalar(writer, f"lincls/cached/val_top1/lr={row['lr']:g},wd={row['wd']:g}",
              row["val_top1"], cfg.epochs)
 
     t_refit = time.perf_counter()

@@ -1,0 +1,197 @@
+"""The dataset registry: a name -> loader dict, :func:`build_dataset` and
+:func:`dataset_from_config`, plus the in-memory dataset and the seeded subset.
+
+A loader takes a :class:`Request` and returns the whole split as a Dataset of
+``(uint8 (C, H, W), int label)`` with ``num_classes`` and ``labels`` (N,) int64;
+:func:`build_dataset` then applies ``subset``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch.utils.data import Dataset
+
+from sslkit.data.formats import load_cifar, load_fashion_mnist, load_stl10
+from sslkit.data.imagefolder import ImageFolderDataset, list_imagefolder
+from sslkit.data.info import dataset_info, resize_side, to_channels
+from sslkit.data.synthetic import synthetic_images
+from sslkit.errors import ConfigError, DataError
+
+SPLITS = ("pretrain", "train", "test")
+
+
+class InMemoryDataset(Dataset):
+    """A whole split in memory: ``images`` (N, C, H, W) uint8, ``labels`` (N,) int64."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                 name: str = "", split: str = ""):
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must be ({images.shape[0]},), got {tuple(labels.shape)}")
+        self.images = images
+        self.labels = labels.to(torch.int64)
+        self.num_classes = int(num_classes)
+        self.name, self.split = name, split
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+    def subset(self, indices: torch.Tensor) -> "InMemoryDataset":
+        return InMemoryDataset(self.images[indices], self.labels[indices], self.num_classes,
+                               self.name, self.split)
+
+    def __repr__(self) -> str:
+        return (f"InMemoryDataset({self.name}/{self.split}: {len(self)} images "
+                f"{tuple(self.images.shape[1:])}, {self.num_classes} classes)")
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a loader is asked for: one split of one dataset, read as ``channels`` channels."""
+
+    name: str
+    root: str
+    split: str
+    channels: int = 3
+    download: bool = False
+    load_size: Optional[int] = None
+    image_size: Optional[int] = None
+    class_list: Optional[str] = None
+    skip_corrupt: bool = False
+    synthetic_classes: int = 10
+    synthetic_train: int = 2000
+    synthetic_test: int = 500
+
+
+def _in_memory(req: Request, images: torch.Tensor, labels: torch.Tensor,
+               num_classes: int) -> InMemoryDataset:
+    return InMemoryDataset(to_channels(images, req.channels), labels, num_classes, req.name,
+                           req.split)
+
+
+def _fashion_mnist(req: Request) -> Dataset:
+    return _in_memory(req, *load_fashion_mnist(req.root, req.split, req.download), 10)
+
+
+def _cifar(req: Request) -> Dataset:
+    images, labels = load_cifar(req.name, req.root, req.split, req.download)
+    return _in_memory(req, images, labels, dataset_info(req.name).num_classes)
+
+
+def _stl10(req: Request) -> Dataset:
+    return _in_memory(req, *load_stl10(req.root, req.split, req.download), 10)
+
+
+def _synthetic(req: Request) -> Dataset:
+    # fixed seeds per split, independent of the run seed
+    n = req.synthetic_test if req.split == "test" else req.synthetic_train
+    images, labels = synthetic_images(n, req.synthetic_classes, req.image_size or 32,
+                                      seed=2 if req.split == "test" else 1)
+    return _in_memory(req, images, labels, req.synthetic_classes)
+
+
+def _imagefolder(req: Request) -> Dataset:
+    load_size = req.load_size if req.load_size is not None else resize_side(req.image_size or 224)
+    samples, classes = list_imagefolder(req.root, req.split, req.class_list)
+    return ImageFolderDataset(samples, classes, load_size, req.channels, req.skip_corrupt,
+                              req.split)
+
+
+LOADERS: dict[str, Callable[[Request], Dataset]] = {
+    "fashion_mnist": _fashion_mnist,
+    "cifar10": _cifar,
+    "cifar100": _cifar,
+    "stl10": _stl10,
+    "imagefolder": _imagefolder,
+    "synthetic": _synthetic,
+}
+
+
+def stratified_subset(labels: torch.Tensor, subset: Union[int, float], seed: int = 0) -> torch.Tensor:
+    """Sorted indices of a seeded subset that keeps each label's share.
+
+    ``subset`` is a count (int >= 1) or a fraction in (0, 1]. Each label ``y`` with ``n_y``
+    images gets ``floor(n * n_y / N)`` images plus one for the labels with the largest
+    remainders until ``n`` are chosen (ties broken by the seed); which images is a seeded
+    random choice within the label.
+    """
+    labels = torch.as_tensor(labels)
+    total = labels.shape[0]
+    if isinstance(subset, bool) or not isinstance(subset, (int, float)) or subset <= 0:
+        raise ConfigError(f"data.subset={subset!r} is invalid: give a count (int) or a fraction in (0, 1]")
+    if isinstance(subset, float):
+        if subset > 1:
+            raise ConfigError(f"data.subset={subset} is invalid: a fraction must be in (0, 1]")
+        n = max(1, round(subset * total))
+    else:
+        n = int(subset)
+    if n > total:
+        raise DataError(f"data.subset={subset} asks for {n} images but the split has only {total}; "
+                        f"use a smaller count or a fraction")
+    g = torch.Generator().manual_seed(int(seed))
+    values, counts = torch.unique(labels, return_counts=True)
+    exact = counts.double() * n / total
+    quota = exact.floor().long()
+    left = n - int(quota.sum())
+    if left:
+        frac = exact - quota.double()
+        tiebreak = torch.rand(len(values), generator=g, dtype=torch.float64) * 1e-9
+        quota[torch.argsort(frac + tiebreak, descending=True)[:left]] += 1
+    chosen = []
+    for v, q in zip(values.tolist(), quota.tolist()):
+        idx = torch.nonzero(labels == v).flatten()
+        chosen.append(idx[torch.randperm(idx.numel(), generator=g)[:q]])
+    return torch.sort(torch.cat(chosen)).values
+
+
+def build_dataset(name: str, root: str, split: str, *, channels: int = 3, download: bool = False,
+                  load_size: Optional[int] = None, image_size: Optional[int] = None,
+                  class_list: Optional[str] = None, skip_corrupt: bool = False,
+                  subset: Union[int, float, None] = None, seed: int = 0,
+                  synthetic_classes: int = 10, synthetic_train: int = 2000,
+                  synthetic_test: int = 500) -> Dataset:
+    """Build split ``split`` ("pretrain" | "train" | "test") of dataset ``name``.
+
+    Returns a Dataset of ``(uint8 (C, H, W), int label)`` with ``num_classes``; the in-memory
+    datasets also expose ``images`` (N, C, H, W) and ``labels`` (N,). "pretrain" is what SSL
+    pretraining reads: the train split, and for STL-10 train + unlabeled (label -1).
+    ``imagefolder`` reads ``root/train`` ("pretrain", "train") or ``root/val`` ("test") at a
+    square side ``load_size`` (default ``round(image_size * 256 / 224)``).
+    ``synthetic`` makes ``synthetic_train`` / ``synthetic_test`` images of side
+    ``image_size`` (default 32). ``subset`` keeps a stratified seeded part (count or
+    fraction) of the split.
+    """
+    dataset_info(name)
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split '{split}'; valid: {', '.join(SPLITS)}")
+    if channels not in (1, 3):
+        raise ConfigError(f"data.channels={channels} is invalid: use 1 or 3")
+    req = Request(name, os.path.expanduser(str(root)), split, channels, download, load_size,
+                  image_size, class_list, skip_corrupt, synthetic_classes, synthetic_train,
+                  synthetic_test)
+    ds = LOADERS[name](req)
+    if subset is not None:
+        ds = ds.subset(stratified_subset(ds.labels, subset, seed))
+    return ds
+
+
+def dataset_from_config(data_cfg: Any, split: str, seed: int = 0) -> Dataset:
+    """:func:`build_dataset` from a :class:`sslkit.config.DataConfig`.
+
+    ``data.subset`` applies to the training splits ("pretrain", "train"); "test" stays whole.
+    """
+    return build_dataset(
+        data_cfg.name, data_cfg.root, split, channels=data_cfg.channels,
+        download=data_cfg.download, load_size=data_cfg.load_size,
+        image_size=data_cfg.image_size, class_list=data_cfg.class_list,
+        skip_corrupt=data_cfg.skip_corrupt,
+        subset=data_cfg.subset if split != "test" else None, seed=seed,
+        synthetic_classes=data_cfg.synthetic_classes,
+        synthetic_train=data_cfg.synthetic_train, synthetic_test=data_cfg.synthetic_test)
