@@ -67,4 +67,5 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in ci and "dataset-fashion-mnist" in ci
     assert "conda env create -f environment.yml" in readme
     gitignore = (ROOT / ".gitignore").read_text().split()
-    assert {".venv/", "runs/", "data/"} <= set(gitignore)
+    # anchored: a bare data/ would also hide the sslkit/data/ package from git
+    assert {".venv/", "/runs/", "/data/"} <= set(gitignore)
