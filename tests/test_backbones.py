@@ -80,9 +80,13 @@ def test_vit_dims(name, dim):
 
 
 def test_vit_default_depth_and_heads():
+    # MoCo-v3 vits.py: vit_small = embed_dim 384, depth 12, num_heads 12 (DeiT-S has 6)
     net, _ = build_backbone("vit_small", image_size=32, patch_size=16)
     attn = net.encoder.layers[0].self_attention
-    assert len(net.encoder.layers) == 12 and attn.num_heads == 6 and attn.embed_dim == 384
+    assert len(net.encoder.layers) == 12 and attn.num_heads == 12 and attn.embed_dim == 384
+    base, _ = build_backbone("vit_base", image_size=32, patch_size=16, depth=1)
+    attn = base.encoder.layers[0].self_attention
+    assert attn.num_heads == 12 and attn.embed_dim == 768
     tiny, _ = build_backbone("vit_tiny", image_size=32, patch_size=16, depth=2)
     assert tiny.encoder.layers[0].self_attention.num_heads == 3
 

@@ -13,7 +13,8 @@ exported backbone loads into ``torchvision.models.resnet18()`` (same stem, ``fc`
   ``width`` = the base width w (64 = torchvision): stage widths w, 2w, 4w, 8w, so
   ``feat_dim = 8 w * expansion`` (ResNet-18 at w=16: 128-d); ``zero_init_residual`` zeroes
   the last BN weight of each residual branch.
-* ViT-Tiny/Small/Base (``torchvision.models.VisionTransformer``; class-token output,
+* ViT-Tiny/Small/Base (``torchvision.models.VisionTransformer``, width/depth/heads 192/12/3,
+  384/12/12 as MoCo-v3's ViT-S, 768/12/12; class-token output,
   ``feat_dim`` = hidden dim) with MoCo-v3's choices: fixed 2-D sin-cos position embedding
   (not trainable, zero for the class token), optionally frozen random patch projection,
   MoCo-v3's initialisation; ``patch_size`` and ``depth`` options. Options of one family
@@ -170,8 +171,10 @@ BACKBONES: dict[str, Callable[..., tuple[nn.Module, int]]] = {
     "resnet18": _resnet(BasicBlock, [2, 2, 2, 2]),
     "resnet34": _resnet(BasicBlock, [3, 4, 6, 3]),
     "resnet50": _resnet(Bottleneck, [3, 4, 6, 3]),
-    "vit_tiny": _vit(192, 12, 3),
-    "vit_small": _vit(384, 12, 6),
+    "vit_tiny": _vit(192, 12, 3),  # DeiT-Ti (Touvron et al. 2021)
+    # MoCo-v3's ViT-S has 12 heads of 32 dims (facebookresearch/moco-v3 vits.py), unlike
+    # DeiT-S's 6 heads of 64.
+    "vit_small": _vit(384, 12, 12),
     "vit_base": _vit(768, 12, 12),
 }
 
