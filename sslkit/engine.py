@@ -64,6 +64,10 @@ class Trainer:
         self.distributed = dist_utils.init_distributed(self.device.type)
         self.rank, self.world = dist_utils.get_rank(), dist_utils.get_world_size()
         self.main = self.rank == 0
+        if self.distributed and cfg.method.sync_bn and self.device.type != "cuda":
+            raise ConfigError("method.sync_bn=true needs CUDA devices under torchrun "
+                              "(SyncBatchNorm has no CPU kernel); on the CPU set "
+                              "--set method.sync_bn=false")
         if cfg.train.batch_size % self.world:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} (the global batch) must "
                               f"be divisible by the {self.world} processes")
@@ -285,8 +289,17 @@ class Trainer:
         return step, last_loss, knn
 
     def _step(self, images: torch.Tensor, step: int) -> StepResult:
-        """One optimizer step on a batch of uint8 images (``step`` steps done before it)."""
+        """One optimizer step on a batch of uint8 images (``step`` steps done before it).
+
+        A non-finite loss stops the run (``train.nan_policy: stop``) or skips the step
+        (``skip``). The forward pass has already written the batch into the method's buffers
+        (MoCo-v2's queue and its pointer, BN running statistics), so a skipped step restores
+        them from a copy taken before it and leaves out the momentum update: it leaves no
+        trace but the LR schedule's step and the count of skipped steps.
+        """
         cfg, dev = self.cfg, self.device
+        saved = ([b.detach().clone() for b in self.method.buffers()]
+                 if cfg.train.nan_policy == "skip" else None)
         images = images.to(dev, non_blocking=True)
         view1, view2 = self.views(images)
         if cfg.run.channels_last:
@@ -303,6 +316,9 @@ class Trainer:
                     f"loss is {loss_value} at step {step + 1} (epoch {step // self.steps_per_epoch + 1}); "
                     f"stopped with the last finite checkpoint kept; lower optim.lr or "
                     f"set train.nan_policy=skip")
+            with torch.no_grad():
+                for buf, copy in zip(self.method.buffers(), saved):
+                    buf.copy_(copy)
             self.skipped += 1
         else:
             self.scaler.scale(loss).backward()
@@ -315,7 +331,8 @@ class Trainer:
         self.scheduler.step()
         m = (cosine_momentum(step, self.total_steps, cfg.method.momentum)
              if cfg.method.momentum_schedule == "cosine" else cfg.method.momentum)
-        self.method.momentum_update(m)
+        if math.isfinite(loss_value):
+            self.method.momentum_update(m)
         return StepResult(loss_value, lr, m, stats)
 
     def _log_step(self, log: MetricsLog, bar, step: int, result: StepResult,

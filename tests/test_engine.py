@@ -13,7 +13,7 @@ from helpers_tiny import tiny_config, tiny_overrides
 from sslkit import config
 from sslkit.checkpoint import load_checkpoint, load_state_dict_file
 from sslkit.engine import Trainer, TrainingDiverged, pretrain
-from sslkit.errors import UserError
+from sslkit.errors import ConfigError, UserError
 
 
 def _sets(items: list[str]) -> list[str]:
@@ -162,3 +162,50 @@ def test_resume_refuses_another_data_order(tmp_path):
     with pytest.raises(UserError, match="4 steps per epoch and this run has 3"):
         Trainer(cfg, resume=True)
     assert before == {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+def inject_inf_view(trainer: Trainer, call: int, record: dict) -> None:
+    """At the ``call``-th batch, put an inf into the second view (after recording the
+    method's state just before that step)."""
+    real, calls = trainer.views, {"n": 0}
+
+    def faulty(images):
+        calls["n"] += 1
+        v1, v2 = real(images)
+        if calls["n"] == call:
+            record["before"] = {k: v.clone() for k, v in trainer.method.state_dict().items()}
+            v2 = v2.clone()
+            v2[0, 0, 0, 0] = float("inf")
+        return v1, v2
+
+    trainer.views = faulty
+
+
+@pytest.mark.parametrize("method", ["mocov2", "mocov3"])
+def test_nan_skip_leaves_no_trace(tmp_path, method):
+    """A skipped step leaves the queue, its pointer, the BN buffers, the momentum encoder (and
+    every weight) exactly as they were; the run then trains on to a finite end."""
+    cfg = tiny_config(tmp_path / "run", method=method, epochs=3,
+                      extra=["eval.knn_every=0", "train.nan_policy=skip",
+                             "run.tensorboard=false", "train.checkpoint_every_steps=3"])
+    trainer, record = Trainer(cfg), {}
+    inject_inf_view(trainer, call=3, record=record)
+    summary = trainer.fit(stop_after_steps=3)
+    assert summary.skipped_steps == 1
+    after = trainer.method.state_dict()
+    assert after.keys() == record["before"].keys()
+    for k, v in record["before"].items():
+        assert torch.equal(after[k], v), k
+    summary = Trainer(cfg, resume=True).fit()  # the same run, to its end: finite weights
+    assert summary.steps == 12 and summary.final_loss is not None
+    assert math.isfinite(summary.final_loss)
+
+
+def test_sync_bn_on_cpu_processes_is_one_line(tmp_path, monkeypatch):
+    """SyncBatchNorm has no CPU kernel: a torchrun CPU run with method.sync_bn=true (the
+    MoCo-v3 ImageNet recipes) is refused before anything is written."""
+    monkeypatch.setattr("sslkit.engine.dist_utils.init_distributed", lambda device_type: True)
+    cfg = tiny_config(tmp_path / "run", method="mocov3", extra=["method.sync_bn=true"])
+    with pytest.raises(ConfigError, match="method.sync_bn=true needs CUDA"):
+        Trainer(cfg)
+    assert not (tmp_path / "run").exists()
