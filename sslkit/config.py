@@ -58,8 +58,17 @@ class DataConfig:
                   "synthetic"] = _f("fashion_mnist")
     root: str = _f("data")
     image_size: int = _f(32, ge=8, help="side of the augmented views")
-    load_size: Optional[int] = _f(None, ge=8, help="imagefolder: decoded square side "
-                                  "(null: image_size*256/224)")
+    load_size: Optional[int] = _f(None, ge=8, help="imagefolder: side the shorter edge is "
+                                  "resized to for evaluation (Resize(256) + CenterCrop(224)), "
+                                  "and the square of crop_from=square (null: "
+                                  "image_size*256/224)")
+    crop_from: Literal["original", "square"] = _f(
+        "original", help="imagefolder pretraining: random crops of the whole decoded image "
+        "(original, the papers' recipe) or of a centre load_size square (square, for "
+        "small-image folders)")
+    decode_device: Literal["cpu", "cuda"] = _f(
+        "cpu", help="imagefolder, crop_from=original: decode JPEGs in the loader workers (cpu) "
+        "or in batches on the GPU with nvjpeg (cuda; the workers only read bytes)")
     channels: Literal[1, 3] = _f(3, help="1 or 3; grayscale data is repeated to 3 when 3")
     download: bool = _f(False)
     subset: Union[int, float, None] = _f(None, gt=0, help="count (int) or fraction (0,1]")
@@ -550,6 +559,12 @@ def validate(cfg: Config) -> None:
     if cfg.data.std is not None and len(cfg.data.std) not in (1, cfg.data.channels):
         raise ConfigError(f"data.std has {len(cfg.data.std)} values; data.channels="
                           f"{cfg.data.channels} needs {cfg.data.channels}")
+    if cfg.data.decode_device == "cuda" and (cfg.data.name != "imagefolder"
+                                             or cfg.data.crop_from != "original"):
+        raise ConfigError(f"data.decode_device=cuda decodes ImageFolder JPEGs for crops of the "
+                          f"original image; it needs data.name=imagefolder and "
+                          f"data.crop_from=original (got {cfg.data.name}, "
+                          f"{cfg.data.crop_from}); or set data.decode_device=cpu")
     if isinstance(cfg.data.subset, float) and cfg.data.subset > 1:
         raise ConfigError(f"data.subset={cfg.data.subset} is invalid: a fraction must be in "
                           f"(0, 1], a count must be an integer")

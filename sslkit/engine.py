@@ -20,10 +20,10 @@ from torch import nn
 from tqdm import tqdm
 
 from sslkit import distributed as dist_utils
-from sslkit.augment import augmentation_grid, eval_transform_from_config, views_from_config
+from sslkit.augment import augmentation_grid, eval_transform_from_config
 from sslkit.checkpoint import load_checkpoint_with_fallback, load_into, save_atomic
 from sslkit.config import Config, save as save_config
-from sslkit.data import TrainSampler, build_loader, dataset_from_config
+from sslkit.data import build_loader, dataset_from_config
 from sslkit.errors import ConfigError, UserError
 from sslkit.export import backbone_state_dict
 from sslkit.features import extract_features
@@ -31,6 +31,7 @@ from sslkit.knn import knn_accuracy
 from sslkit.methods import build_method
 from sslkit.metrics import MetricsLog, Summary, print_summary
 from sslkit.optim import build_optimizer, build_scheduler, cosine_momentum
+from sslkit.pipeline import build_pretrain_input
 from sslkit.rundir import check_run_dir, clear_run_dir, compare_resume_config
 from sslkit.runtime import (autocast, configure_cpu, fork_rng, params_finite, resolve_device,
                             resolve_precision, rng_state, seed_everything, set_rng_state)
@@ -95,21 +96,17 @@ class Trainer:
     # ----------------------------------------------------------------- building
     def _build_data(self) -> None:
         cfg = self.cfg
-        self.train_set = dataset_from_config(cfg.data, "pretrain", seed=cfg.run.seed)
+        self.input = build_pretrain_input(cfg, self.device, self.rank, self.world,
+                                          self.local_batch)
+        self.train_set, self.sampler = self.input.base, self.input.sampler
         n = len(self.train_set)
         self.steps_per_epoch = (n // self.world) // self.local_batch
         if self.steps_per_epoch == 0:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is larger than the "
                               f"{n} training images of {cfg.data.name}; lower train.batch_size")
-        self.sampler = TrainSampler(n, seed=cfg.run.seed, rank=self.rank, world_size=self.world,
-                                    drop_last=True)
-        self.loader = build_loader(self.train_set, self.local_batch, train=True,
-                                   sampler=self.sampler, num_workers=cfg.data.num_workers,
-                                   pin_memory=self.device.type == "cuda", seed=cfg.run.seed)
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         if cfg.train.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
-        self.views = views_from_config(cfg).to(self.device)
         self.knn_sets = None
         if cfg.eval.knn_every > 0:
             self.knn_sets = (dataset_from_config(cfg.data, "train", seed=cfg.run.seed),
@@ -203,12 +200,12 @@ class Trainer:
         return {"knn_top1": round(top1, 3), "knn_top5": round(top5, 3)}
 
     def aug_grid(self, log: MetricsLog, step: int) -> None:
+        """Eight training images and their two views (the preview's grid) in TensorBoard."""
         if not (self.main and self.cfg.run.tensorboard):
             return
         with fork_rng(self.device):
-            images = torch.stack([self.train_set[i][0] for i in range(8)]).to(self.device)
-            log.image("augment/original_view1_view2", augmentation_grid(images, self.views, n=8),
-                      step)
+            rows = self.input.preview(list(range(min(8, len(self.train_set)))), self.cfg.run.seed)
+        log.image("augment/original_view1_view2", augmentation_grid(*rows), step)
 
     # ----------------------------------------------------------------- training
     def fit(self, stop_after_steps: int | None = None) -> Summary:
@@ -269,10 +266,10 @@ class Trainer:
             epoch, offset = divmod(step, spe)
             self.sampler.set_epoch(epoch)
             self.sampler.set_start(offset, self.local_batch)
-            for images, _ in self.loader:
+            for images, labels in self.input.loader:
                 result = self._step(images, step)
                 step += 1
-                n_log += images.shape[0] * self.world
+                n_log += labels.shape[0] * self.world
                 last_loss = result.loss
                 if bar is not None:
                     bar.update(1)
@@ -300,8 +297,7 @@ class Trainer:
         cfg, dev = self.cfg, self.device
         saved = ([b.detach().clone() for b in self.method.buffers()]
                  if cfg.train.nan_policy == "skip" else None)
-        images = images.to(dev, non_blocking=True)
-        view1, view2 = self.views(images)
+        view1, view2 = self.input.to_views(images)
         if cfg.run.channels_last:
             view1 = view1.contiguous(memory_format=torch.channels_last)
             view2 = view2.contiguous(memory_format=torch.channels_last)

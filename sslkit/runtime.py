@@ -6,6 +6,7 @@ modules below them follow their inputs' device.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 
 import numpy as np
@@ -50,6 +51,23 @@ def configure_cpu(run: RunConfig) -> None:
     if run.num_threads:
         torch.set_num_threads(run.num_threads)
     torch.set_flush_denormal(True)  # denormals made CPU feature extraction ~3x slower
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def share_cores_with_workers(run: RunConfig, device: torch.device, workers: int) -> None:
+    """On a CPU training device fed by ``workers`` loader processes, leave them their cores:
+    the main process keeps ``max(1, cores - workers)`` torch threads (``run.num_threads``
+    wins when set). Oversubscribed, torch's OpenMP threads wait on each other at every op:
+    measured on 2 cores with 2 workers, the device-side augmentation of a batch ran 25x
+    slower with 2 threads than with 1."""
+    if device.type == "cpu" and workers > 0 and not run.num_threads:
+        torch.set_num_threads(max(1, usable_cores() - workers))
 
 
 def seed_everything(seed: int) -> None:

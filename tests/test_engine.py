@@ -167,7 +167,7 @@ def test_resume_refuses_another_data_order(tmp_path):
 def inject_inf_view(trainer: Trainer, call: int, record: dict) -> None:
     """At the ``call``-th batch, put an inf into the second view (after recording the
     method's state just before that step)."""
-    real, calls = trainer.views, {"n": 0}
+    real, calls = trainer.input.to_views, {"n": 0}
 
     def faulty(images):
         calls["n"] += 1
@@ -178,7 +178,7 @@ def inject_inf_view(trainer: Trainer, call: int, record: dict) -> None:
             v2[0, 0, 0, 0] = float("inf")
         return v1, v2
 
-    trainer.views = faulty
+    trainer.input.to_views = faulty
 
 
 @pytest.mark.parametrize("method", ["mocov2", "mocov3"])
@@ -187,7 +187,7 @@ def test_nan_skip_leaves_no_trace(tmp_path, method):
     every weight) exactly as they were; the run then trains on to a finite end."""
     cfg = tiny_config(tmp_path / "run", method=method, epochs=3,
                       extra=["eval.knn_every=0", "train.nan_policy=skip",
-                             "run.tensorboard=false", "train.checkpoint_every_steps=3"])
+                             "train.checkpoint_every_steps=3"])
     trainer, record = Trainer(cfg), {}
     inject_inf_view(trainer, call=3, record=record)
     summary = trainer.fit(stop_after_steps=3)

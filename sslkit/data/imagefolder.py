@@ -12,7 +12,7 @@ exactly. ``data.class_list`` selects and orders the classes (e.g. ImageNet-100).
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from sslkit.errors import DataError
 
+T = TypeVar("T")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -70,12 +71,18 @@ class ImageFolderDataset(Dataset):
 
     def load(self, i: int) -> tuple[torch.Tensor, int, list[str]]:
         """``(image, label, skipped paths)``; raises DataError on a bad file unless skipping."""
+        return self.first_decodable(i, self.decode)
+
+    def first_decodable(self, i: int, decode: Callable[[str], T]) -> tuple[T, int, list[str]]:
+        """``(decode(path of sample i), label, skipped paths)``. A file ``decode`` fails on
+        raises DataError naming it; with ``skip_corrupt`` the next samples (in index order)
+        are tried instead and the failed paths returned."""
         skipped: list[str] = []
         n = len(self.samples)
         for j in range(n):
             path, label = self.samples[(i + j) % n]
             try:
-                return self.decode(path), label, skipped
+                return decode(path), label, skipped
             except Exception as e:  # any decoder failure (OSError, SyntaxError, bomb, ...)
                 if not self.skip_corrupt:
                     raise DataError(

@@ -16,7 +16,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sslkit.data.datasets import InMemoryDataset
-from sslkit.data.imagefolder import ImageFolderDataset
 from sslkit.errors import ConfigError, DataError
 
 log = logging.getLogger("sslkit.data")
@@ -137,7 +136,9 @@ class TensorBatchLoader:
 class _Guarded(Dataset):
     """Wraps a dataset so that a failing item comes back as data, never as a worker crash.
 
-    Item: ``(image or None, label, error message or "", skipped file paths)``.
+    Item: ``(payload or None, label, error message or "", skipped file paths)``. A dataset
+    with ``load(key) -> (payload, label, skipped paths)`` (ImageFolder and its two-crop
+    wrappers) reports the files it skipped; others are indexed as ``dataset[key]``.
     """
 
     def __init__(self, dataset: Dataset):
@@ -146,27 +147,33 @@ class _Guarded(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key):
         try:
-            if isinstance(self.dataset, ImageFolderDataset):
-                image, label, skipped = self.dataset.load(i)
-                return image, label, "", skipped
-            image, label = self.dataset[i]
+            if hasattr(self.dataset, "load"):
+                payload, label, skipped = self.dataset.load(key)
+                return payload, label, "", skipped
+            image, label = self.dataset[key]
             return image, int(label), "", []
         except DataError as e:
             return None, -1, str(e), []
         except Exception as e:  # a bug or an unexpected file problem: still report it cleanly
-            return None, -1, f"data: loading item {i} failed ({type(e).__name__}: {e})", []
+            return None, -1, f"data: loading item {key} failed ({type(e).__name__}: {e})", []
 
 
-def _guarded_collate(batch):
-    skipped = [p for item in batch for p in item[3]]
-    errors = [item[2] for item in batch if item[2]]
-    if errors:
-        return None, None, errors[0], skipped
-    images = torch.stack([item[0] for item in batch])
-    labels = torch.tensor([item[1] for item in batch], dtype=torch.int64)
-    return images, labels, "", skipped
+class _GuardedCollate:
+    """Batches guarded items with the dataset's own ``collate`` (default: ``torch.stack``)."""
+
+    def __init__(self, dataset: Dataset):
+        self.collate = getattr(dataset, "collate", torch.stack)
+
+    def __call__(self, batch):
+        skipped = [p for item in batch for p in item[3]]
+        errors = [item[2] for item in batch if item[2]]
+        if errors:
+            return None, None, errors[0], skipped
+        images = self.collate([item[0] for item in batch])
+        labels = torch.tensor([item[1] for item in batch], dtype=torch.int64)
+        return images, labels, "", skipped
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -193,7 +200,7 @@ class WorkerLoader:
             shuffle=(train and sampler is None), sampler=sampler, drop_last=train,
             num_workers=num_workers, pin_memory=pin_memory and torch.cuda.is_available(),
             persistent_workers=num_workers > 0, worker_init_fn=_seed_worker,
-            generator=generator, collate_fn=_guarded_collate,
+            generator=generator, collate_fn=_GuardedCollate(dataset),
             prefetch_factor=4 if num_workers > 0 else None)
 
     def __len__(self) -> int:
