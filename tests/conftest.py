@@ -13,9 +13,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_cli(script: str, *args: str, cwd: Path | None = None, timeout: float = 600,
             env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``python <script> args`` from the repo root (or ``cwd``) and capture its output."""
+    """Run ``python <script> args`` (``script="-m"``: ``python -m args``) from the repo root
+    (or ``cwd``) and capture its output."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd or ROOT,
+    target = ["-m"] if script == "-m" else [str(ROOT / script)]
+    return subprocess.run([sys.executable, *target, *args], cwd=cwd or ROOT,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
