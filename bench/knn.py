@@ -66,7 +66,8 @@ def torch_knn_top1(xtr, ytr, xq, yq, classes, k, t, chunk=1024) -> float:
     for s in range(0, xq.shape[0], chunk):
         q = F.normalize(xq[s:s + chunk], dim=1)
         sim, idx = (q @ tr.T).topk(k, dim=1)  # (c, k)
-        scores = torch.zeros(q.shape[0], classes).scatter_add_(1, ytr[idx], (sim / t).exp())
+        scores = torch.zeros(q.shape[0], classes, device=q.device).scatter_add_(
+            1, ytr[idx], (sim / t).exp())
         hits += int((scores.argmax(1) == yq[s:s + chunk]).sum())
     return 100.0 * hits / xq.shape[0]
 
@@ -103,6 +104,9 @@ def main() -> None:
                     help="threads for all three (torch, faiss OpenMP, sklearn's BLAS/joblib)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cuda: features on the GPU (FAISS's GPU "
+                                                     "index when faiss has GPUs; torch on the "
+                                                     "GPU; no sklearn)")
     args = ap.parse_args()
     import sklearn
 
@@ -114,6 +118,10 @@ def main() -> None:
         threadpool_limits(args.threads)
 
     xtr, ytr, xq, yq = make_data(args.train, args.queries, args.dim, args.classes)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        xtr, ytr, xq, yq = (v.to(device) for v in (xtr, ytr, xq, yq))
+        args.no_sklearn = True
     c, k, t = args.classes, args.k, args.t
 
     def run_faiss():
@@ -148,13 +156,15 @@ def main() -> None:
         print(f"FAISS top-1 on the sklearn queries: {sub_f:.2f}")
     if not args.no_write:
         info = faiss_info()
-        threads = f"torch {torch.get_num_threads()}, faiss {info['threads']}"
+        threads = (f"torch {torch.get_num_threads()}, faiss {info['threads']}"
+                   + (f", faiss GPUs {info['gpus']}" if device.type == "cuda" else ""))
         versions = (f"{torch.__version__.split('+')[0]} / {info['version']} / "
                     f"{sklearn.__version__}")
         scale = args.queries / qs if qs else float("nan")
         skl = f"{ts:.2f} ({qs})" if qs else "-"
         subset = " (subset)" if qs and qs < args.queries else ""
-        row = (f"| {datetime.date.today().isoformat()} | {machine()} | {threads} | {versions} | "
+        row = (f"| {datetime.date.today().isoformat()} | {machine(device)} | {threads} | "
+               f"{versions} | "
                f"{args.train // 1000}k x {args.queries // 1000}k x {args.dim}, k={k} | "
                f"{tf:.2f} | {tt:.2f} | {skl} | {tt / tf:.2f}x | "
                f"{(ts * scale / tf) if qs else float('nan'):.1f}x | "

@@ -129,6 +129,7 @@ def test_topk_with_fewer_than_five_classes():
     assert topk_correct(scores, labels, (1, 5)) == [1, 3]
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_inputs_give_the_same_scores():
     g = torch.Generator().manual_seed(5)

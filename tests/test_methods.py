@@ -327,6 +327,7 @@ def test_queue_size_must_be_a_multiple(symmetric, queue, valid):
 
 
 # --------------------------------------------------------------------------- devices
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", ["mocov2", "mocov3"])
 def test_cuda_step(name):

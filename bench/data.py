@@ -1,0 +1,221 @@
+"""ImageFolder training input, side by side in one run (rows go to docs/benchmarks.md).
+
+Images/s of what a pretraining step needs from an image folder, the two normalised 224 px
+views of a batch of 256, on the training device:
+
+* reference: torchvision ``ImageFolder`` with the MoCo-v2 aug+ pipeline of
+  facebookresearch/moco ``main_moco.py`` applied per sample, twice, in DataLoader workers
+  (RandomResizedCrop(224, 0.2-1) of the decoded photo, ColorJitter p 0.8, grayscale 0.2,
+  PIL Gaussian blur p 0.5, flip, ToTensor, Normalize), then the views moved to the device;
+* sslkit: ``sslkit.pipeline.build_pretrain_input`` of an imagefolder config: the workers
+  decode each image once (reduced-size JPEG decode where the crops allow) and cut both views'
+  crops of the whole image; the photometric part runs batched on the device (kornia);
+* sslkit with ``data.decode_device=cuda`` (GPU only): the workers read bytes, nvjpeg decodes.
+
+Same workers, batch and image size for all. Each pipeline is timed over whole epochs of the
+folder, alternating (reference, sslkit, reference, ...), each from starting its workers to
+the last batch's views on the device; the median epoch is reported. A second
+table times the per-image decode + two crops in one process: PIL with and without the
+reduced-size decode, and torchvision.io.decode_jpeg + antialiased interpolate.
+
+The input is a generated folder of JPEGs at ImageNet-like sizes (500x375 and 375x500,
+quality 90), made once under --folder.
+
+    python bench/data.py                       # CPU, 2 workers (~5 min on 2 cores)
+    python bench/data.py --device cuda --workers 8
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageFilter
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import machine, sync, torch_kornia_versions, write_rows  # noqa: E402
+from sslkit import config  # noqa: E402
+from sslkit.data.crops import CropSpec, decode_two_views, draw_views  # noqa: E402
+from sslkit.pipeline import build_pretrain_input  # noqa: E402
+
+SECTION = "## ImageFolder input: decode and two views (`bench/data.py`)"
+HEADER = ("| date | machine | device | torch / kornia | workers | batch | size | reference img/s "
+          "| sslkit img/s | ratio | sslkit nvjpeg img/s | ratio |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+DECODE_SECTION = "## ImageFolder decode + two crops, one process (`bench/data.py`)"
+DECODE_HEADER = ("| date | machine | size | reference (PIL decode, 2x resized_crop) ms/img "
+                 "| PIL + reduced-size decode ms/img | decode_jpeg + interpolate ms/img |\n"
+                 "|---|---|---|---|---|---|")
+
+
+def make_folder(folder: Path, n: int, classes: int = 10) -> Path:
+    """``folder/train/<class>/*.jpg``: n photos-like JPEGs (smooth shapes plus texture), half
+    500x375, half 375x500, quality 90."""
+    train = folder / "train"
+    if train.is_dir() and sum(1 for _ in train.rglob("*.jpg")) >= n:
+        return folder
+    g = np.random.default_rng(0)
+    for k in range(n):
+        w, h = (500, 375) if k % 2 else (375, 500)
+        coarse = Image.fromarray(g.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+        fine = Image.fromarray(g.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)).resize((w, h), Image.BILINEAR)
+        arr = 0.75 * np.asarray(coarse, np.float32) + 0.25 * np.asarray(fine, np.float32)
+        arr += g.normal(0, 4, arr.shape)
+        d = train / f"c{k % classes}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(d / f"{k:05d}.jpg", quality=90)
+    (folder / "val").mkdir(exist_ok=True)
+    return folder
+
+
+class Blur:
+    """MoCo's ``moco.loader.GaussianBlur``: PIL blur with sigma ~ U[0.1, 2.0]."""
+
+    def __call__(self, im):
+        return im.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
+
+
+def reference_loader(folder: Path, size: int, batch: int, workers: int, pin: bool):
+    import torchvision.datasets as D
+    import torchvision.transforms as T
+
+    aug = T.Compose([T.RandomResizedCrop(size, scale=(0.2, 1.0)),
+                     T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+                     T.RandomGrayscale(p=0.2), T.RandomApply([Blur()], p=0.5),
+                     T.RandomHorizontalFlip(), T.ToTensor(),
+                     T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    ds = D.ImageFolder(str(folder / "train"), transform=lambda im: (aug(im), aug(im)))
+    return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
+                                       drop_last=True, pin_memory=pin, prefetch_factor=4)
+
+
+def sslkit_config(folder: Path, size: int, batch: int, workers: int, decode: str):
+    return config.load(None, ["data.name=imagefolder", f"data.root={folder}",
+                              f"data.image_size={size}", f"data.num_workers={workers}",
+                              f"train.batch_size={batch}", "augment.preset=mocov2",
+                              f"data.decode_device={decode}", "method.queue_size=65536",
+                              "run.seed=0"])
+
+
+def block(kind: str, args, device: torch.device) -> float:
+    """Images/s over one epoch of the folder (every full batch), timed from starting the
+    workers to the last batch's views on the device."""
+    if kind == "reference":
+        loader = reference_loader(args.folder, args.size, args.batch, args.workers,
+                                  device.type == "cuda")
+
+        def views(batch):
+            (v1, v2), _ = batch
+            return v1.to(device, non_blocking=True), v2.to(device, non_blocking=True)
+    else:
+        decode = "cuda" if kind == "nvjpeg" else "cpu"
+        pipe = build_pretrain_input(sslkit_config(args.folder, args.size, args.batch,
+                                                  args.workers, decode), device)
+        loader = pipe.loader
+
+        def views(batch):
+            return pipe.to_views(batch[0])
+    sync(device)
+    t0 = time.perf_counter()
+    n = 0
+    for batch in loader:
+        views(batch)
+        n += args.batch
+    sync(device)
+    rate = n / (time.perf_counter() - t0)
+    del loader, views
+    gc.collect()
+    return rate
+
+
+def decode_times(folder: Path, size: int, n: int) -> tuple[float, float, float]:
+    """ms per image for decode + two crops in one process (one thread)."""
+    import torchvision.transforms as T
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    paths = sorted((folder / "train").rglob("*.jpg"))[:n]
+    spec = CropSpec(size, (0.2, 1.0), (3 / 4, 4 / 3), 0.5)
+    rrc = T.RandomResizedCrop(size, scale=(0.2, 1.0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    def reference():
+        for p in paths:
+            with Image.open(p) as im:
+                im = im.convert("RGB")
+                rrc(im), rrc(im)
+
+    def pil_draft():
+        for k, p in enumerate(paths):
+            decode_two_views(str(p), spec, k)
+
+    def tv_decode():
+        for k, p in enumerate(paths):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                img = decode_jpeg(torch.from_numpy(np.fromfile(p, dtype=np.uint8)),
+                                  mode=ImageReadMode.RGB)
+            params = draw_views(img.shape[1], img.shape[2], spec, k)
+            for top, left, h, w, flip in params.tolist():
+                x = F.interpolate(img[None, :, top:top + h, left:left + w].float(),
+                                  size=(size, size), mode="bilinear", antialias=True)
+                x.round_().clamp_(0, 255).to(torch.uint8)
+
+    out = []
+    for fn in (reference, pil_draft, tv_decode):
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        out.append(1000 * (time.perf_counter() - t0) / len(paths))
+    torch.set_num_threads(threads)
+    return tuple(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--folder", type=Path, default=ROOT / "runs" / "bench_data")
+    p.add_argument("--images", type=int, default=2000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--repeats", type=int, default=3, help="blocks per pipeline")
+    p.add_argument("--decode-images", type=int, default=200)
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    make_folder(args.folder, args.images)
+    kinds = ["reference", "sslkit"] + (["nvjpeg"] if device.type == "cuda" else [])
+    rates: dict[str, list[float]] = {k: [] for k in kinds}
+    for r in range(args.repeats):
+        for kind in kinds:
+            rates[kind].append(block(kind, args, device))
+            print(f"block {r + 1}: {kind} {rates[kind][-1]:.1f} img/s", flush=True)
+    med = {k: float(np.median(v)) for k, v in rates.items()}
+    ref = med["reference"]
+    nv = (f"{med['nvjpeg']:.0f} | {med['nvjpeg'] / ref:.2f}x" if "nvjpeg" in med else "- | -")
+    date = datetime.date.today().isoformat()
+    row = (f"| {date} | {machine(device)} | {device.type} | {torch_kornia_versions()} | "
+           f"{args.workers} | {args.batch} | {args.size} | {ref:.0f} | {med['sslkit']:.0f} | "
+           f"{med['sslkit'] / ref:.2f}x | {nv} |")
+    dref, dpil, dtv = decode_times(args.folder, args.size, args.decode_images)
+    drow = (f"| {date} | {machine()} | {args.size} | {dref:.2f} | {dpil:.2f} | {dtv:.2f} |")
+    print(row, drow, sep="\n")
+    if not args.no_write:
+        write_rows(SECTION, HEADER, [row])
+        write_rows(DECODE_SECTION, DECODE_HEADER, [drow])
+
+
+if __name__ == "__main__":
+    main()
