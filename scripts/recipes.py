@@ -551,7 +551,7 @@ _SOLO_CFG = f"{SOLO} scripts/pretrain/cifar/mocov3.yaml"
 _SOLO_AUG = f"{SOLO} scripts/pretrain/cifar/augmentations/asymmetric.yaml"
 _SOLO_BASE = f"{SOLO} solo/methods/base.py"
 _SOLO_M3 = f"{SOLO} solo/methods/mocov3.py"
-# solo-learn's CIFAR MoCo-v3 (its README: 93.1 online-linear top-1 after 1000 epochs).
+# solo-learn's CIFAR MoCo-v3 (its README: 93.10 top-1 on CIFAR-10 after 1000 epochs).
 MOCOV3_CIFAR: dict[str, Official] = {
     "backbone": Official("resnet18", _SOLO_CFG),
     "stem": Official("conv 3x3 stride 1 padding 2, no max-pool", _SOLO_BASE),
@@ -778,8 +778,9 @@ _SOLO_DELIBERATE = {
 }
 _SOLO_NOTES = {"solarize_p": NOTE_SOLARIZE, "bn": NOTE_SYNC_BN, "ema": NOTE_V3_EMA,
                "warmup": "solo-learn ramps from 3e-5, sslkit from 1/warmup_steps of the LR",
-               "eval_schedule": "the colab's recommendation; solo-learn "
-               "reports an online linear classifier trained during pretraining"}
+               "eval_schedule": "the colab's recommendation; solo-learn has no "
+               "offline linear recipe for CIFAR (its pretraining trains a linear classifier "
+               "online, on detached features)"}
 
 _V2_BF_NOTES = {"projector_bn": "the BatchFormer authors' builder_v2.py adds a BN to this "
                 "head; sslkit keeps MoCo-v2's, so the recipe differs from its twin only by "
