@@ -194,7 +194,7 @@ def _bf_training(r: Resolved) -> str:
 
 def _crop_input(r: Resolved) -> str:
     d = r.cfg.data
-    if d.name == "imagefolder":
+    if d.name == "imagefolder" and d.crop_from == "square":
         side = d.load_size or resize_side(d.image_size)
         return f"the centre {side}x{side} square"
     return "the full image"
@@ -652,11 +652,6 @@ SCHEDULE_PER_STEP_COLAB = Deliberate(("cosine", "step", 0.0), (
     "sslkit evaluates the cosine at every step; the colab sets it once per epoch over epochs "
     "1..200, so its last epoch runs at exactly 0. Same curve, without the per-epoch staircase."))
 
-CROP_SQUARE = Deliberate("the centre 256x256 square", (
-    "sslkit decodes each image once on the CPU to its centre 256x256 square (`data.load_size`) "
-    "and makes the random views in batch on the GPU (README, Data); the official loaders crop "
-    "the full decoded image, so their crops also reach the borders the square drops."))
-
 KNN_IMAGENET = Deliberate((20, 0.07, SSLKIT_KNN_FEATURES), (
     "An sslkit monitor (every 10 epochs, on 100k training images); it does not change training."))
 
@@ -728,20 +723,22 @@ _V2_IN_DELIBERATE = {
     "lr_rule": LR_LINEAR_V2,
     "schedule": SCHEDULE_PER_STEP_V2,
     "ema_update": EMA_AFTER_STEP,
-    "crop_input": CROP_SQUARE,
     "knn": KNN_IMAGENET,
     "eval_lr_rule": PROBE_LR_LINEAR,
 }
-_V2_IN_NOTES = {"blur_p": NOTE_BLUR_KERNEL, "bn": NOTE_SPLIT_BN}
+NOTE_CROP_ORIGINAL = ("decoded once per image in the loader; both views cut from it with "
+                      "torchvision's get_params draws (sslkit/data/crops.py)")
+_V2_IN_NOTES = {"blur_p": NOTE_BLUR_KERNEL, "bn": NOTE_SPLIT_BN,
+                "crop_input": NOTE_CROP_ORIGINAL}
 
 _V3_IN_DELIBERATE = {
     "precision": _precision("fp16 autocast with a GradScaler"),
     "ema_update": EMA_AFTER_STEP,
-    "crop_input": CROP_SQUARE,
     "knn": KNN_IMAGENET,
 }
 _V3_IN_NOTES = {"blur_p": NOTE_BLUR_KERNEL, "solarize_p": NOTE_SOLARIZE, "bn": NOTE_SYNC_BN,
-                "warmup": NOTE_V3_WARMUP, "ema": NOTE_V3_EMA}
+                "warmup": NOTE_V3_WARMUP, "ema": NOTE_V3_EMA,
+                "crop_input": NOTE_CROP_ORIGINAL}
 
 _COLAB_DELIBERATE = {
     "precision": _precision("in fp32 (no autocast)"),
