@@ -16,10 +16,10 @@ import time
 from typing import Sequence
 
 import torch
-from tqdm import tqdm
 
 from linear_eval.common import log_scalar, lr_at_epoch
 from sslkit.config import EvalConfig
+from sslkit.metrics import progress_bar
 from sslkit.optim import linear_scaled
 
 
@@ -180,8 +180,7 @@ def train_heads(x: torch.Tensor, y: torch.Tensor, num_classes: int, lrs: Sequenc
     heads = LinearHeads(x.shape[1], num_classes, [linear_scaled(lr, cfg.batch_size) for lr in lrs],
                         wds, seed=seed, device=x.device)
     g = torch.Generator().manual_seed(seed + 1)
-    bar = (tqdm(total=cfg.epochs, desc=desc, unit="epoch", leave=False, dynamic_ncols=True)
-           if progress else None)
+    bar = progress_bar(cfg.epochs, desc, "epoch", progress)
     n = x.shape[0]
     flops = 4.0 * min(cfg.batch_size, n) * x.shape[1] * heads.num_heads * num_classes
     with _threads_for(flops, x.device):

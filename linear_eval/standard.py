@@ -19,13 +19,13 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from linear_eval.common import log_scalar, lr_at_epoch, percent
 from sslkit.config import EvalConfig
 from sslkit.data import tensor_pair
 from sslkit.features import iterate_batches
 from sslkit.knn import topk_correct
+from sslkit.metrics import progress_bar
 from sslkit.optim import linear_scaled
 from sslkit.runtime import autocast
 
@@ -136,8 +136,7 @@ def standard_probe(backbone: nn.Module, feat_dim: int, num_classes: int,
     opt = torch.optim.SGD(fc.parameters(), lr=lr0, momentum=0.9, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(seed)
     history, seen = [], 0
-    bar = (tqdm(total=cfg.epochs, desc="linear probe (standard)", unit="epoch", leave=False,
-                dynamic_ncols=True) if progress else None)
+    bar = progress_bar(cfg.epochs, "linear probe (standard)", "epoch", progress)
     t_train = time.perf_counter()
     for epoch in range(cfg.epochs):
         lr = lr_at_epoch(lr0, epoch, cfg.epochs, cfg.schedule, cfg.milestones)

@@ -2,7 +2,8 @@
 ``sslkit-lincls``.
 
 Exit codes: 0 ok; 2 a user error, printed as ONE line ``error: ...`` on stderr (no traceback);
-1 an internal error (with its traceback, so it can be reported).
+1 an internal error (with its traceback, so it can be reported); 130 interrupted (Ctrl-C),
+with the command that continues the run.
 
 The CLI is the top of the import graph: the only module of sslkit that reaches the evaluation
 entry (``linear_eval.main``). Both heavy imports below are made inside the commands, so that a
@@ -12,11 +13,14 @@ under a second instead of several).
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from sslkit import config as config_mod
-from sslkit.errors import OneLineParser, guard
+from sslkit.errors import Interrupted, OneLineParser, UserError, guard
 
 
 def _add_config_args(p: argparse.ArgumentParser, config_help: str) -> None:
@@ -31,26 +35,33 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return [item for group in args.overrides for item in group]
 
 
-def pretrain_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="run_pretrain.py",
-                description="Self-supervised pretraining (MoCo-v2 / MoCo-v3, optional "
-                            "BatchFormer). Writes config.yaml, metrics.jsonl, tb/, "
-                            "checkpoints/last.pt and backbone.pt to run.output_dir.")
+def pretrain_parser(prog: str = "run_pretrain.py") -> argparse.ArgumentParser:
+    p = OneLineParser(prog=prog,
+                      description="Self-supervised pretraining (MoCo-v2 / MoCo-v3, optional "
+                                  "BatchFormer). Writes config.yaml, metrics.jsonl, tb/, "
+                                  "checkpoints/last.pt and backbone.pt to run.output_dir.")
     _add_config_args(p, f"YAML config (default: {config_mod.DEMO_CONFIG}, Fashion-MNIST on "
                         f"the CPU)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in run.output_dir from checkpoints/last.pt")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue a run from its checkpoints/last.pt with its own config.yaml "
+                        "(only --set keys that do not change the model, data or batch may "
+                        "differ); the run is RUN_DIR, else --set run.output_dir=..., else the "
+                        "config's run.output_dir")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in a run.output_dir that holds another run (its files "
                         "are replaced)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (every default written out) and exit")
     return p
 
 
-def lincls_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="run_lincls.py",
-                description="Evaluate a pretrained backbone: kNN (FAISS) and a linear probe "
-                            "(eval.mode: standard = the papers' protocol, cached = fast "
-                            "cached-feature grid). Writes eval.json into the run directory.")
+def lincls_parser(prog: str = "run_lincls.py") -> argparse.ArgumentParser:
+    p = OneLineParser(prog=prog,
+                      description="Evaluate a pretrained backbone: kNN (FAISS) and a linear "
+                                  "probe (eval.mode: standard = the papers' protocol, cached = "
+                                  "fast cached-feature grid). Writes eval.json into the run "
+                                  "directory. Runs under torchrun too (feature extraction and "
+                                  "the standard probe are split over the processes).")
     p.add_argument("--checkpoint", metavar="PATH",
                    help="checkpoints/last.pt or backbone.pt of a pretraining run")
     _add_config_args(p, "YAML config (default: the checkpoint run's config.yaml)")
@@ -61,18 +72,80 @@ def lincls_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _pretrain(argv: Sequence[str] | None) -> int:
-    args = pretrain_parser().parse_args(argv)
-    path = args.config if args.config is not None else config_mod.demo_config_path()
-    cfg = config_mod.load(path, _overrides(args))  # config errors before torch is imported
-    from sslkit.engine import pretrain  # imports torch: after the config is known to be good
+def _override_value(overrides: list[str], key: str):
+    value = None
+    for item in overrides:
+        k, v = config_mod.parse_override(item)
+        if k == key:
+            value = v
+    return value
 
-    pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
+
+def _run_config(args: argparse.Namespace, overrides: list[str]
+                ) -> tuple[config_mod.Config, str, list[str]]:
+    """(config, the file it came from, the --set items that differ from that file).
+
+    A new run: ``--config`` (or the demo) plus ``--set``. ``--resume``: the run's own
+    config.yaml plus ``--set``; the run is RUN_DIR, else run.output_dir from --set, else
+    from the config file."""
+    path = args.config if args.config is not None else config_mod.demo_config_path()
+    if not args.resume:
+        return config_mod.load(path, overrides), path, overrides
+    if args.resume is not True:
+        run_dir = args.resume
+        overrides = [f"run.output_dir={run_dir}"] + overrides
+    else:
+        run_dir = (_override_value(overrides, "run.output_dir")
+                   or config_mod.load(path).run.output_dir)
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.is_file():
+        raise UserError(f"nothing to resume in '{run_dir}': no config.yaml; give the run "
+                        f"directory (--resume RUN_DIR) or start the run without --resume")
+    return config_mod.load(saved, overrides), str(saved), overrides
+
+
+def _header(cfg: config_mod.Config, source: str, changes: list[str], resume: bool,
+            overwrite: bool) -> list[str]:
+    changed = (" + " + " ".join(shlex.quote(c) for c in changes)) if changes else ""
+    what = "resuming" if resume else ("new run, replacing the one there" if overwrite
+                                      else "new run")
+    return [f"config: {source}{changed}",
+            f"run directory: {cfg.run.output_dir} ({what}); full config: "
+            f"{Path(cfg.run.output_dir) / 'config.yaml'}"]
+
+
+def _resume_command(prog: str, run_dir: str) -> str:
+    if prog.endswith(".py"):
+        python = sys.executable
+        rel = os.path.relpath(python)
+        prog = f"{rel if not rel.startswith('..') else python} {prog}"
+    return f"{prog} --resume {shlex.quote(run_dir)}"
+
+
+def _pretrain(argv: Sequence[str] | None, prog: str) -> int:
+    args = pretrain_parser(prog).parse_args(argv)
+    overrides = _overrides(args)
+    if args.overwrite:
+        overrides = overrides + ["run.overwrite=true"]
+    cfg, source, changes = _run_config(args, overrides)  # config errors before torch loads
+    # imports torch, kornia, faiss (seconds): after the command line and config are known good
+    from sslkit.engine import pretrain
+    from sslkit.resolved import resolved
+
+    if args.print_config:
+        print(resolved(cfg).to_yaml(), end="")
+        return 0
+    try:
+        pretrain(cfg, resume=bool(args.resume), overwrite=args.overwrite,
+                 header=_header(cfg, source, changes, bool(args.resume), args.overwrite))
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; the last checkpoint is kept; continue the run with: "
+                          f"{_resume_command(prog, cfg.run.output_dir)}") from None
     return 0
 
 
-def _lincls(argv: Sequence[str] | None) -> int:
-    args = lincls_parser().parse_args(argv)
+def _lincls(argv: Sequence[str] | None, prog: str) -> int:
+    args = lincls_parser(prog).parse_args(argv)
     from linear_eval.main import run_lincls  # imports torch: after the command line is parsed
 
     run_lincls(checkpoint=args.checkpoint, config_path=args.config,
@@ -80,17 +153,17 @@ def _lincls(argv: Sequence[str] | None) -> int:
     return 0
 
 
-def pretrain_main(argv: Sequence[str] | None = None) -> int:
-    return guard(_pretrain, argv, interrupted="interrupted; resume with --resume")
+def pretrain_main(argv: Sequence[str] | None = None, prog: str = "run_pretrain.py") -> int:
+    return guard(lambda a: _pretrain(a, prog), argv)
 
 
-def lincls_main(argv: Sequence[str] | None = None) -> int:
-    return guard(_lincls, argv)
+def lincls_main(argv: Sequence[str] | None = None, prog: str = "run_lincls.py") -> int:
+    return guard(lambda a: _lincls(a, prog), argv)
 
 
 def pretrain_entry() -> None:  # console script ``sslkit-pretrain``
-    sys.exit(pretrain_main())
+    sys.exit(pretrain_main(prog="sslkit-pretrain"))
 
 
 def lincls_entry() -> None:  # console script ``sslkit-lincls``
-    sys.exit(lincls_main())
+    sys.exit(lincls_main(prog="sslkit-lincls"))

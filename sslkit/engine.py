@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from sslkit import distributed as dist_utils
 from sslkit.augment import augmentation_grid, eval_transform_from_config
@@ -29,9 +27,10 @@ from sslkit.export import backbone_state_dict
 from sslkit.features import extract_features
 from sslkit.knn import knn_accuracy
 from sslkit.methods import build_method
-from sslkit.metrics import MetricsLog, Summary, print_summary
+from sslkit.metrics import TB_KNN, TB_TRAIN, MetricsLog, Progress, Summary, print_summary
 from sslkit.optim import build_optimizer, build_scheduler, cosine_momentum
 from sslkit.pipeline import build_pretrain_input
+from sslkit.resolved import resolved
 from sslkit.rundir import check_run_dir, clear_run_dir, compare_resume_config
 from sslkit.runtime import (autocast, configure_cpu, fork_rng, params_finite, resolve_device,
                             resolve_precision, rng_state, seed_everything, set_rng_state)
@@ -56,7 +55,7 @@ class Trainer:
     """Builds everything from a Config, then runs (or resumes) pretraining."""
 
     def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False):
-        self.cfg = cfg
+        cfg = self.cfg = resolved(cfg)  # every default written out: what config.yaml says
         self.resume, self.overwrite = resume, overwrite or cfg.run.overwrite
         self.run_dir = Path(cfg.run.output_dir)
         # 1. everything that can refuse the input, before anything is written
@@ -214,7 +213,10 @@ class Trainer:
             if self.overwrite:
                 clear_run_dir(self.run_dir)
             (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
+            # run.overwrite is a permission, not part of the recipe: never saved as true, so
+            # that starting from this config.yaml again cannot replace the run
+            save_config(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, overwrite=False)),
+                        self.run_dir / "config.yaml")
         if main:  # temporary files of a checkpoint write that was killed halfway
             for stale in (self.run_dir / "checkpoints").glob(".*.tmp-*"):
                 stale.unlink()
@@ -223,10 +225,7 @@ class Trainer:
         t_start = time.time()
         if self.start_step == 0:
             self.aug_grid(log, 0)
-        bar = None
-        if main and cfg.run.progress:
-            bar = tqdm(total=self.total_steps, initial=self.start_step, unit="step",
-                       dynamic_ncols=True, file=sys.stdout, mininterval=1.0, desc="pretrain")
+        bar = Progress(self.total_steps, self.start_step, main and cfg.run.progress)
         step, last_loss, knn, backbone_path, finished = self.start_step, None, None, None, False
         try:
             step, last_loss, knn = self._train(log, bar, stop_after_steps)
@@ -236,10 +235,8 @@ class Trainer:
                 save_atomic(backbone_state_dict(self.method.state_dict()), backbone_path,
                             keep_previous=False)
         finally:
-            if bar is not None:
-                bar.close()
-            final = {"loss": last_loss, **(knn or {})} if last_loss is not None else {}
-            log.close(self._hparams() if finished else None, final)
+            bar.close()
+            log.close(self._hparams() if finished else None)
         dist_utils.barrier()
         return Summary(str(self.run_dir), step, step // self.steps_per_epoch, last_loss,
                        knn["knn_top1"] if knn else None, time.time() - t_start, self.skipped,
@@ -253,7 +250,7 @@ class Trainer:
                 "lr": c.optim.lr, "optimizer": c.optim.name,
                 "temperature": float(c.method.temperature)}
 
-    def _train(self, log: MetricsLog, bar, stop_after: int | None
+    def _train(self, log: MetricsLog, bar: Progress, stop_after: int | None
                ) -> tuple[int, float | None, dict | None]:
         """Steps from ``start_step`` to the end (or ``stop_after``); returns (the step reached,
         the last loss, the last online kNN result)."""
@@ -271,8 +268,7 @@ class Trainer:
                 step += 1
                 n_log += labels.shape[0] * self.world
                 last_loss = result.loss
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
                 if step % cfg.run.log_every_steps == 0 or step == self.total_steps:
                     self._log_step(log, bar, step, result, n_log / max(time.time() - t_log, 1e-9))
                     t_log, n_log = time.time(), 0
@@ -331,7 +327,7 @@ class Trainer:
             self.method.momentum_update(m)
         return StepResult(loss_value, lr, m, stats)
 
-    def _log_step(self, log: MetricsLog, bar, step: int, result: StepResult,
+    def _log_step(self, log: MetricsLog, bar: Progress, step: int, result: StepResult,
                   img_per_s: float) -> None:
         rec = {"step": step, "epoch": round(step / self.steps_per_epoch, 4),
                "loss": result.loss, "lr": result.lr, "momentum": result.momentum,
@@ -340,11 +336,10 @@ class Trainer:
                     for k, v in result.stats.items()})
         if self.skipped:
             rec["skipped_steps"] = self.skipped
-        log.write(rec, "train")
-        if bar is not None:
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['img_per_s']:.0f}")
+        log.write(rec, TB_TRAIN)
+        bar.log(rec)
 
-    def _end_of_epoch(self, log: MetricsLog, bar, step: int) -> dict | None:
+    def _end_of_epoch(self, log: MetricsLog, bar: Progress, step: int) -> dict | None:
         """Online kNN (every ``eval.knn_every`` epochs and at the end) and the augmentation
         grid; returns the kNN result when one was measured (on rank 0)."""
         cfg = self.cfg
@@ -354,9 +349,8 @@ class Trainer:
                 ep % cfg.eval.knn_every == 0 or step == self.total_steps):
             if self.main:
                 knn = self.knn_monitor()
-                log.write({"step": step, "epoch": ep, **knn}, "knn")
-                if bar is not None:
-                    bar.write(f"epoch {ep}: kNN top-1 {knn['knn_top1']:.2f}%")
+                log.write({"step": step, "epoch": ep, **knn}, TB_KNN)
+                bar.write(f"epoch {ep}: kNN top-1 {knn['knn_top1']:.2f}%")
             dist_utils.barrier()
             self.method.train()
         if cfg.run.aug_grid_every and ep % cfg.run.aug_grid_every == 0:
@@ -365,17 +359,28 @@ class Trainer:
 
 
 def pretrain(cfg: Config, resume: bool = False, overwrite: bool = False,
-             stop_after_steps: int | None = None) -> Summary:
-    """Run (or resume) pretraining as configured; prints the config and a final summary.
+             stop_after_steps: int | None = None, header: Sequence[str] = ()) -> Summary:
+    """Run (or resume) pretraining as configured; prints ``header`` once every check has
+    passed, then the progress and a final summary. Resuming a run that is already finished
+    changes nothing on disk and says so.
 
     ``stop_after_steps`` stops early without changing the schedule (tests, benchmarks).
     """
-    if dist_utils.is_main_process():
-        print(cfg.to_yaml(), end="", flush=True)
     trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
-    if trainer.main and trainer.ckpt_source is not None:
-        print(f"resuming from {trainer.ckpt_source} at step {trainer.start_step}", flush=True)
     try:
+        if trainer.main:
+            for line in header:
+                print(line, flush=True)
+        if trainer.start_step >= trainer.total_steps:
+            if trainer.main:
+                print(f"already finished ({trainer.start_step} steps): {trainer.run_dir}; "
+                      f"nothing to do", flush=True)
+            return Summary(str(trainer.run_dir), trainer.start_step,
+                           trainer.start_step // trainer.steps_per_epoch, None, None, 0.0,
+                           trainer.skipped, None)
+        if trainer.main and trainer.ckpt_source is not None:
+            print(f"resuming from {trainer.ckpt_source} at step {trainer.start_step}",
+                  flush=True)
         summary = trainer.fit(stop_after_steps=stop_after_steps)
     finally:
         dist_utils.destroy_distributed()

@@ -32,6 +32,10 @@ class CheckpointError(UserError):
     """A checkpoint is missing, corrupt, foreign or of another architecture."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C, with what to do next (:func:`guard` prints it as one line, exit code 130)."""
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad command line as one ``error:`` line (exit 2)."""
 
@@ -53,4 +57,8 @@ def guard(fn: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None,
     except KeyboardInterrupt:
         sys.stdout.flush()
         print(f"error: {interrupted}", file=sys.stderr)
+        return 130
+    except Interrupted as e:
+        sys.stdout.flush()
+        print(f"error: {e}", file=sys.stderr)
         return 130

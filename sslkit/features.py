@@ -11,9 +11,9 @@ from typing import Iterable
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 from sslkit.data.loaders import tensor_pair
+from sslkit.metrics import progress_bar
 from sslkit.runtime import autocast
 
 
@@ -53,8 +53,7 @@ def extract_features(backbone: nn.Module, data, device: torch.device, precision:
     was_training = backbone.training
     backbone.eval()
     feats, labels = [], []
-    bar = (tqdm(total=num_samples(data), desc=desc, unit="img", leave=False, dynamic_ncols=True)
-           if progress else None)
+    bar = progress_bar(num_samples(data), desc, "img", progress)
     try:
         for images, y in iterate_batches(data, batch_size):
             x = images.to(device, non_blocking=True)

@@ -1,14 +1,91 @@
-"""The metrics log of a run (``metrics.jsonl`` + TensorBoard, rank 0 only) and the summary
-printed at the end of pretraining."""
+"""What a run reports: the metrics log (``metrics.jsonl`` + TensorBoard, rank 0 only), the
+progress on the console, and the summary printed at the end of pretraining.
+
+Console: a live tqdm bar when the stream is a terminal; otherwise (a SLURM log file, a pipe)
+one plain line per ``run.log_every_steps`` steps with step, epoch, loss, LR, img/s and ETA,
+and no carriage returns. A terminal that reports 0 columns gets a fixed width of 100.
+
+TensorBoard groups are numbered so that they sort in reading order: ``1_train`` (the
+training curves), ``2_knn`` (the online kNN), ``3_eval`` (run_lincls's results).
+"""
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import shutil
+import sys
+import time
 from pathlib import Path
+from typing import IO, Optional
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
+from tqdm import tqdm
+
+TB_TRAIN, TB_KNN, TB_EVAL = "1_train", "2_knn", "3_eval"
+
+
+def is_terminal(stream: IO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def progress_bar(total: Optional[int], desc: str, unit: str, enabled: bool = True,
+                 leave: bool = False, initial: int = 0, stream: IO | None = None):
+    """A tqdm bar on a terminal (``stream``, default stderr), else None: a log file gets no
+    carriage-return updates. A terminal that reports 0 columns gets 100."""
+    stream = stream if stream is not None else sys.stderr
+    if not enabled or not is_terminal(stream):
+        return None
+    cols = shutil.get_terminal_size((100, 20)).columns
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=leave, file=stream,
+                dynamic_ncols=cols > 0, ncols=None if cols > 0 else 100, mininterval=1.0)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class Progress:
+    """Pretraining progress on stdout: a tqdm bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, total: int, initial: int, enabled: bool, stream: IO | None = None):
+        self.total, self.start, self.t0 = total, initial, time.time()
+        self.stream = stream if stream is not None else sys.stdout
+        self.enabled = enabled
+        self.bar = progress_bar(total, "pretrain", "step", enabled, leave=True,
+                                initial=initial, stream=self.stream)
+
+    def update(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def log(self, rec: dict) -> None:
+        """A logged training record (step, epoch, loss, lr, img_per_s)."""
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['img_per_s']:.0f}")
+        elif self.enabled:
+            done = rec["step"] - self.start
+            eta = (time.time() - self.t0) / done * (self.total - rec["step"]) if done else 0.0
+            print(f"step {rec['step']}/{self.total}  epoch {rec['epoch']:.2f}  loss "
+                  f"{rec['loss']:.4f}  lr {rec['lr']:.4g}  {rec['img_per_s']:.0f} img/s  "
+                  f"ETA {_duration(eta)}", file=self.stream, flush=True)
+
+    def write(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message)
+        elif self.enabled:
+            print(message, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class MetricsLog:
@@ -35,7 +112,8 @@ class MetricsLog:
         if tensorboard:
             self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
 
-    def write(self, record: dict, prefix: str) -> None:
+    def write(self, record: dict, group: str) -> None:
+        """One line of metrics.jsonl; its numbers as TensorBoard scalars ``<group>/<key>``."""
         if not self.enabled:
             return
         self.fh.write(json.dumps(record) + "\n")
@@ -43,21 +121,28 @@ class MetricsLog:
         if self.tb is not None:
             for k, v in record.items():
                 if k not in ("step", "epoch") and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"{prefix}/{k}", v, record["step"])
+                    self.tb.add_scalar(f"{group}/{k}", v, record["step"])
 
     def image(self, tag: str, img: torch.Tensor, step: int) -> None:
         if self.enabled and self.tb is not None:
             self.tb.add_image(tag, img, step)
 
-    def close(self, hparams: dict | None = None, final: dict | None = None) -> None:
+    def close(self, hparams: dict | None = None) -> None:
+        """Close the log; with ``hparams``, register the run in TensorBoard's HParams tab with
+        the metrics :data:`HPARAM_METRICS` (the last value of existing curves: no extra
+        one-point charts; run_lincls adds the ``3_eval`` ones)."""
         if not self.enabled:
             return
         self.fh.close()
         if self.tb is not None:
-            if hparams is not None and final:
-                self.tb.add_hparams(hparams, {f"hparam/{k}": v for k, v in final.items()},
-                                    run_name=".")
+            if hparams is not None:
+                for summary in hparams_summary(hparams, {tag: 0.0 for tag in HPARAM_METRICS}):
+                    self.tb.file_writer.add_summary(summary)
             self.tb.close()
+
+
+HPARAM_METRICS = (f"{TB_TRAIN}/loss", f"{TB_KNN}/knn_top1", f"{TB_EVAL}/knn_top1",
+                  f"{TB_EVAL}/linear_top1")
 
 
 @dataclasses.dataclass
@@ -72,6 +157,16 @@ class Summary:
     backbone: str | None
 
 
+def tool(name: str) -> str:
+    """How to call a console script installed beside this Python: its bare name when that
+    is on PATH, else its path (e.g. ``.venv/bin/tensorboard`` when the venv is not active)."""
+    here = Path(sys.executable).parent / name
+    if shutil.which(name) == str(here) or not here.exists():
+        return name
+    rel = os.path.relpath(here)
+    return rel if not rel.startswith("..") else str(here)
+
+
 def print_summary(s: Summary) -> None:
     run = Path(s.run_dir)
     lines = [f"done: {s.steps} steps ({s.epochs_done} epochs) in {s.seconds / 60:.1f} min"
@@ -84,5 +179,5 @@ def print_summary(s: Summary) -> None:
               f"  checkpoint:    {run / 'checkpoints' / 'last.pt'}"]
     if s.backbone:
         lines.append(f"  backbone:      {s.backbone}")
-    lines.append(f"  TensorBoard:   tensorboard --logdir {run / 'tb'} --host 127.0.0.1")
+    lines.append(f"  TensorBoard:   {tool('tensorboard')} --logdir {run / 'tb'} --host 127.0.0.1")
     print("\n".join(lines), flush=True)

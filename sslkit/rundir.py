@@ -7,8 +7,9 @@ import shutil
 from pathlib import Path
 
 from sslkit.checkpoint import PREV_NAME
-from sslkit.config import Config
-from sslkit.errors import UserError
+from sslkit.config import Config, build
+from sslkit.errors import ConfigError, UserError
+from sslkit.resolved import resolved
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "tb", "checkpoints", "backbone.pt", "eval.json")
 # keys whose change makes a checkpoint unusable for --resume
@@ -72,8 +73,15 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def compare_resume_config(saved: dict, cfg: Config, source: Path) -> list[str]:
-    """Refuse structural changes; return the other changed keys (printed as a note)."""
-    old, new = flatten(saved), flatten(cfg.to_dict())
+    """Refuse structural changes; return the other changed keys (printed as a note).
+
+    Both sides are compared resolved (:func:`sslkit.resolved.resolved`), so a checkpoint whose
+    config left a default as null matches the same run written out in full."""
+    try:
+        saved = resolved(build(saved, source=str(source))).to_dict()
+    except ConfigError:  # a checkpoint of another sslkit version: compare what is there
+        pass
+    old, new = flatten(saved), flatten(resolved(cfg).to_dict())
     changed = [k for k in new if old.get(k, new[k]) != new[k]]
     for k in changed:
         if any(k == s or k.startswith(s + ".") for s in STRUCTURAL):

@@ -97,8 +97,13 @@ def _output_holds_run(tmp: Path) -> list[str]:
 
 
 def _resume_corrupt(tmp: Path) -> list[str]:
+    from sslkit import config
+
     (tmp / "run" / "checkpoints").mkdir(parents=True)
     (tmp / "run" / "checkpoints" / "last.pt").write_bytes(b"PK\x03\x04 truncated")
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    config.save(config.load(demo, [f"run.output_dir={tmp / 'run'}", *TINY]),
+                tmp / "run" / "config.yaml")
     return ["--resume", *_sets(tmp)]
 
 
@@ -257,8 +262,9 @@ CASES: list[Case] = [
     Case("config-bad-yaml", "config file", "a config file with unclosed brackets",
          _file("run: {output_dir: [x\n"), ("not valid YAML",)),
     # data
-    Case("dataset-missing", "data", "`--set data.name=cifar10 data.root=<empty dir>`",
-         lambda tmp: _sets(tmp, "data.name=cifar10", f"data.root={tmp}"),
+    Case("dataset-missing", "data",
+         "`--set data.name=cifar10 data.root=<empty dir> data.download=false`",
+         lambda tmp: _sets(tmp, "data.name=cifar10", f"data.root={tmp}", "data.download=false"),
          ("cifar10: data not found", "data.download=true")),
     Case("imagefolder-empty", "data", "an image folder whose class folders hold no images",
          _empty_folder, ("imagefolder",)),

@@ -425,3 +425,31 @@ def test_dataset_from_config_and_info(tmp_path):
     assert dataset_info("imagefolder").num_classes is None
     assert data.normalization("fashion_mnist", 3)[0] == (0.2860,) * 3
     assert data.normalization("cifar10", 3, mean=[0.5])[0] == (0.5, 0.5, 0.5)
+
+
+def test_fashion_mnist_offline_names_all_three_ways(tmp_path, no_debian, monkeypatch):
+    """No local files, no Debian package, and the download fails (offline): one line that
+    names the local folder, the Debian package and the download."""
+    import urllib.error
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(data.formats.torchvision.datasets, "FashionMNIST", offline)
+    with pytest.raises(DataError) as e:
+        build_dataset("fashion_mnist", str(tmp_path), "train", download=True)
+    msg = str(e.value)
+    assert "\n" not in msg and "download" in msg and "failed" in msg
+    assert str(tmp_path / "FashionMNIST" / "raw") in msg
+    assert "apt-get install dataset-fashion-mnist" in msg and "no-debian" in msg
+
+
+def test_fashion_mnist_prefers_local_files_to_a_download(tmp_path, no_debian, monkeypatch):
+    fake_fmnist(tmp_path)
+
+    def no_network(*a, **k):
+        raise AssertionError("downloaded although the files are there")
+
+    monkeypatch.setattr(data.formats.torchvision.datasets, "FashionMNIST", no_network)
+    ds = build_dataset("fashion_mnist", str(tmp_path), "train", download=True)
+    assert len(ds) == 12

@@ -150,7 +150,7 @@ def test_torchrun_two_processes_with_batchformer(tmp_path, method):
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
     assert ckpt["step"] == 4 and len(ckpt["rng"]) == 2  # both ranks' RNG, for resume
     assert (out / "backbone.pt").exists()
-    assert proc.stdout.count("run directory") == 1  # one summary, from rank 0
+    assert proc.stdout.count("done:") == 1  # one summary, from rank 0
 
 
 def test_torchrun_resume(tmp_path):

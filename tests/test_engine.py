@@ -14,6 +14,7 @@ from sslkit import config
 from sslkit.checkpoint import load_checkpoint, load_state_dict_file
 from sslkit.engine import Trainer, TrainingDiverged, pretrain
 from sslkit.errors import ConfigError, UserError
+from sslkit.resolved import resolved
 
 
 def _sets(items: list[str]) -> list[str]:
@@ -32,7 +33,7 @@ def test_run_pretrain_end_to_end(tmp_path, method, bf):
     assert "run directory" in proc.stdout  # the final summary names the paths
     # the run-directory contract
     cfg = config.load(out / "config.yaml")
-    assert cfg == tiny_config(out, method=method, bf=bf)
+    assert cfg == resolved(tiny_config(out, method=method, bf=bf))  # every default written out
     lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in lines if "loss" in r]
     knn = [r for r in lines if "knn_top1" in r]

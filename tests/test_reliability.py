@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from conftest import ROOT, assert_one_line_error, run_cli
-from helpers_tiny import tiny_overrides
+from helpers_tiny import tiny_config, tiny_overrides
+from sslkit import config
 from sslkit.checkpoint import PREV_NAME, load_checkpoint, save_atomic
 from sslkit.errors import CheckpointError
 
@@ -107,6 +108,7 @@ def test_both_checkpoints_unreadable_is_one_line_error(tmp_path):
     (out / "checkpoints").mkdir(parents=True)
     for name in ("last.pt", PREV_NAME):
         (out / "checkpoints" / name).write_bytes(b"\x00garbage")
+    config.save(tiny_config(out, bf=True, epochs=3, extra=EXTRA), out / "config.yaml")
     proc = run_cli("run_pretrain.py", "--resume", *_argv(out))
     assert_one_line_error(proc, "last.pt", "not a readable PyTorch file")
 

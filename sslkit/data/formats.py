@@ -55,11 +55,15 @@ def read_idx(path: str) -> torch.Tensor:
 
 
 def _fmnist_hint(root: str) -> str:
-    return (f"get it with --set data.download=true (online; saved under {root}/FashionMNIST/raw) "
-            f"or `apt-get install dataset-fashion-mnist` (files in {DEBIAN_FASHION_MNIST})")
+    return (f"put the four idx files in {root}/FashionMNIST/raw, or `apt-get install "
+            f"dataset-fashion-mnist` (files in {DEBIAN_FASHION_MNIST}), or let torchvision "
+            f"download them with --set data.download=true (online)")
 
 
 def load_fashion_mnist(root: str, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST from, in this order: local idx files under ``root/FashionMNIST/raw``
+    (torchvision's layout, gzipped or not), the Debian package ``dataset-fashion-mnist``, or
+    a torchvision download into ``root`` when ``download`` (the demo configs set it)."""
     prefix = "train" if split in ("train", "pretrain") else "t10k"
     names = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
     raw_dir = os.path.join(root, "FashionMNIST", "raw")
@@ -74,20 +78,17 @@ def load_fashion_mnist(root: str, split: str, download: bool) -> tuple[torch.Ten
             found.append(hit)
         return found
 
-    paths = find(raw_dir)
+    paths = find(raw_dir) or find(DEBIAN_FASHION_MNIST)
+    tried = f"tried {raw_dir}/{names[0]}[.gz] and {DEBIAN_FASHION_MNIST}/{names[0]}.gz"
     if paths is None and download:
         def fetch() -> None:
             for train in (True, False):
                 torchvision.datasets.FashionMNIST(root, train=train, download=True)
 
-        _download("fashion_mnist", root, fetch, _fmnist_hint(root))
+        _download("fashion_mnist", root, fetch, f"{tried}; {_fmnist_hint(root)}")
         paths = find(raw_dir)
     if paths is None:
-        paths = find(DEBIAN_FASHION_MNIST)
-    if paths is None:
-        raise DataError(
-            f"fashion_mnist: data not found; tried {raw_dir}/{names[0]}[.gz] and "
-            f"{DEBIAN_FASHION_MNIST}/{names[0]}.gz; {_fmnist_hint(root)}")
+        raise DataError(f"fashion_mnist: data not found; {tried}; {_fmnist_hint(root)}")
     images, labels = read_idx(paths[0]), read_idx(paths[1])
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
         raise DataError(f"fashion_mnist: '{paths[0]}' and '{paths[1]}' do not match "
@@ -104,7 +105,7 @@ def _download(name: str, root: str, fn, hint: str) -> None:
             fn()
     except Exception as e:  # network errors come in many types (URLError, OSError, ...)
         raise DataError(f"{name}: download into '{root}' failed ({type(e).__name__}: {e}); "
-                        f"check the connection, or {hint}") from None
+                        f"{hint}") from None
 
 
 def load_cifar(name: str, root: str, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +117,8 @@ def load_cifar(name: str, root: str, split: str, download: bool) -> tuple[torch.
     if not os.path.isdir(folder) and not download:
         raise DataError(f"{name}: data not found; tried {folder}; {hint}")
     if download:
-        _download(name, root, lambda: cls(root, train=train, download=True), hint)
+        _download(name, root, lambda: cls(root, train=train, download=True),
+                  f"check the connection, or {hint}")
     try:
         ds = cls(root, train=train, download=False)
     except RuntimeError as e:  # "Dataset not found or corrupted"
@@ -165,7 +167,8 @@ def load_stl10(root: str, split: str, download: bool) -> tuple[torch.Tensor, tor
     missing = [p for p in needed if not os.path.isfile(p)]
     if missing and download:
         _download("stl10", root, lambda: torchvision.datasets.STL10(root, split="train",
-                                                                   download=True), hint)
+                                                                   download=True),
+                  f"check the connection, or {hint}")
         missing = [p for p in needed if not os.path.isfile(p)]
     if missing:
         raise DataError(f"stl10: data not found; tried {', '.join(missing)}; {hint}")
