@@ -128,9 +128,8 @@ def _pretrain(argv: Sequence[str] | None, prog: str) -> int:
     if args.overwrite:
         overrides = overrides + ["run.overwrite=true"]
     cfg, source, changes = _run_config(args, overrides)  # config errors before torch loads
-    # imports torch, kornia, faiss (seconds): after the command line and config are known good
-    from sslkit.engine import pretrain
-    from sslkit.resolved import resolved
+    from sslkit.engine import pretrain  # torch, kornia, faiss: seconds; after the checks
+    from sslkit.resolved import resolved  # torch as well
 
     if args.print_config:
         print(resolved(cfg).to_yaml(), end="")
