@@ -19,7 +19,7 @@ import torch
 
 from linear_eval.common import log_scalar, lr_at_epoch
 from sslkit.config import EvalConfig
-from sslkit.metrics import progress_bar
+from sslkit.metrics import TB_EVAL, progress_bar
 from sslkit.optim import linear_scaled
 
 
@@ -236,9 +236,6 @@ def cached_probe(train_features: torch.Tensor, train_labels: torch.Tensor,
               "diverged": not bool(heads.alive[i])} for i, (lr, wd) in enumerate(grid)]
     best = int(torch.argmax(v1))  # first maximum: grid order breaks ties
     lr, wd = grid[best]
-    for row in table:
-        log_scalar(writer, f"lincls/cached/val_top1/lr={row['lr']:g},wd={row['wd']:g}",
-             row["val_top1"], cfg.epochs)
 
     t_refit = time.perf_counter()
     if refit:
@@ -247,7 +244,7 @@ def cached_probe(train_features: torch.Tensor, train_labels: torch.Tensor,
         final = train_heads(norm(all_x).to(device), y_all.repeat(len(feats)).to(device),
                             num_classes, [lr], [wd], cfg, seed, progress,
                             desc="linear probe (cached, refit)", writer=writer,
-                            tag="lincls/cached/refit")
+                            tag=f"{TB_EVAL}/cached_refit")
         head = 0
     else:
         final, head = heads, best

@@ -21,11 +21,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from linear_eval.common import log_scalar, lr_at_epoch, percent
+from linear_eval.sharding import rank_rows
+from sslkit import distributed as dist
 from sslkit.config import EvalConfig
 from sslkit.data import tensor_pair
 from sslkit.features import iterate_batches
 from sslkit.knn import topk_correct
-from sslkit.metrics import progress_bar
+from sslkit.metrics import TB_EVAL, progress_bar
 from sslkit.optim import linear_scaled
 from sslkit.runtime import autocast
 
@@ -62,24 +64,35 @@ def init_linear(feat_dim: int, num_classes: int, seed: int = 0) -> nn.Linear:
     return fc
 
 
-def _train_batches(train_data, batch_size: int, g: torch.Generator):
-    """One epoch of training batches: a seeded shuffle of a tensor pair, or the loader's."""
+def _train_batches(train_data, batch_size: int, g: torch.Generator, epoch: int):
+    """One epoch of ``(images, labels, rows in the global batch)``: a seeded shuffle of a
+    tensor pair cut into global batches, of which this process takes its rows
+    (:func:`linear_eval.sharding.rank_rows`); or the loader's batches (a distributed loader's
+    sampler already shards them)."""
+    world, rank = dist.get_world_size(), dist.get_rank()
     pair = tensor_pair(train_data) if isinstance(train_data, (tuple, list)) else None
     if pair is None:
-        return iterate_batches(train_data, batch_size)
+        if hasattr(train_data, "set_epoch"):
+            train_data.set_epoch(epoch)
+        return ((x, y, len(y) * world) for x, y in iterate_batches(train_data, batch_size))
     images, labels = pair
     perm = torch.randperm(images.shape[0], generator=g)
-    return ((images[i], labels[i]) for i in perm.split(batch_size))
+    return ((images[rows], labels[rows], len(batch))
+            for batch in perm.split(batch_size) for rows in [rank_rows(batch, rank, world)])
 
 
-def _train_epoch(fc: nn.Linear, opt: torch.optim.Optimizer, backbone: nn.Module, batches,
+def _train_epoch(fc: nn.Module, opt: torch.optim.Optimizer, backbone: nn.Module, batches,
                  transform: nn.Module, device: torch.device, precision: str
                  ) -> tuple[float, int, int]:
-    """One epoch of SGD on the frozen features; returns (summed loss, correct, count)."""
+    """One epoch of SGD on the frozen features; returns (summed loss, correct, count) of
+    this process's rows. With W processes the loss of a step is this process's summed
+    cross-entropy x W / (rows of the global batch): DDP's mean of the W gradients is then
+    the global batch's mean-loss gradient, whatever each process's share."""
+    world = dist.get_world_size()
     loss_sum = torch.zeros((), device=device)  # accumulated on the device: no per-step sync
     hits = torch.zeros((), dtype=torch.long, device=device)
     count = 0
-    for images, labels in batches:
+    for images, labels, global_rows in batches:
         x = images.to(device, non_blocking=True)
         y = torch.as_tensor(labels).to(device, torch.long)
         with torch.no_grad():
@@ -88,21 +101,26 @@ def _train_epoch(fc: nn.Linear, opt: torch.optim.Optimizer, backbone: nn.Module,
                 f = backbone(x)
             f = f.flatten(1).float()
         logits = fc(f)
-        loss = F.cross_entropy(logits, y)
+        if world == 1:
+            loss = F.cross_entropy(logits, y)
+        else:
+            loss = F.cross_entropy(logits, y, reduction="sum") * (world / global_rows)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        loss_sum += loss.detach() * y.shape[0]
+        loss_sum += F.cross_entropy(logits.detach(), y, reduction="sum") if world > 1 \
+            else loss.detach() * y.shape[0]
         hits += (logits.detach().argmax(1) == y).sum()
         count += y.shape[0]
     return float(loss_sum), int(hits), count
 
 
 @torch.no_grad()
-def _evaluate(fc: nn.Linear, backbone: nn.Module, test_data, batch_size: int,
+def _evaluate(fc: nn.Module, backbone: nn.Module, test_data, batch_size: int,
               transform: nn.Module, device: torch.device, precision: str
               ) -> tuple[int, int, int]:
-    """(top-1 hits, top-5 hits, count) of the probe on the test view."""
+    """(top-1 hits, top-5 hits, count) of the probe on the test view, over all processes
+    (each evaluates the test data it was given; the counts are summed)."""
     h1 = h5 = n = 0
     fc.eval()
     for images, labels in iterate_batches(test_data, batch_size):
@@ -112,7 +130,25 @@ def _evaluate(fc: nn.Linear, backbone: nn.Module, test_data, batch_size: int,
         logits = fc(f.flatten(1).float())
         a, b = topk_correct(logits, torch.as_tensor(labels).long())
         h1, h5, n = h1 + a, h5 + b, n + logits.shape[0]
+    if dist.get_world_size() > 1:
+        total = dist.all_reduce_sum(torch.tensor([h1, h5, n], device=device))
+        h1, h5, n = (int(v) for v in total)
     return h1, h5, n
+
+
+def _epoch_row(epoch: int, lr: float, sums: tuple[float, int, int], device: torch.device,
+               writer) -> dict:
+    """The history row of an epoch, from the (loss, hits, count) sums of every process."""
+    loss_sum, hits, count = sums
+    if dist.get_world_size() > 1:
+        loss_sum, hits, count = (float(v) for v in dist.all_reduce_sum(
+            torch.tensor([loss_sum, hits, count], dtype=torch.float64, device=device)))
+    row = {"epoch": epoch + 1, "lr": lr, "loss": loss_sum / max(1, count),
+           "train_top1": percent(hits, count), "count": count}
+    for name in ("loss", "train_top1", "lr"):
+        log_scalar(writer, f"{TB_EVAL}/standard_{'train_loss' if name == 'loss' else name}",
+                   row[name], epoch + 1)
+    return row
 
 
 def standard_probe(backbone: nn.Module, feat_dim: int, num_classes: int,
@@ -132,8 +168,12 @@ def standard_probe(backbone: nn.Module, feat_dim: int, num_classes: int,
     reference = snapshot_state(backbone)
     backbone.eval()  # BN frozen for the whole probe
     fc = init_linear(feat_dim, num_classes, seed).to(device)
-    lr0 = linear_scaled(cfg.lr, cfg.batch_size)
+    lr0 = linear_scaled(cfg.lr, cfg.batch_size)  # eval.batch_size is the global batch
     opt = torch.optim.SGD(fc.parameters(), lr=lr0, momentum=0.9, weight_decay=cfg.weight_decay)
+    head = fc
+    if dist.get_world_size() > 1:  # DDP averages the processes' gradients every step
+        head = nn.parallel.DistributedDataParallel(
+            fc, device_ids=[device.index] if device.type == "cuda" else None)
     g = torch.Generator().manual_seed(seed)
     history, seen = [], 0
     bar = progress_bar(cfg.epochs, "linear probe (standard)", "epoch", progress)
@@ -142,16 +182,11 @@ def standard_probe(backbone: nn.Module, feat_dim: int, num_classes: int,
         lr = lr_at_epoch(lr0, epoch, cfg.epochs, cfg.schedule, cfg.milestones)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss_sum, hits, count = _train_epoch(fc, opt, backbone,
-                                             _train_batches(train_data, cfg.batch_size, g),
-                                             train_transform, device, precision)
-        seen += count
-        row = {"epoch": epoch + 1, "lr": lr, "loss": loss_sum / max(1, count),
-               "train_top1": percent(hits, count)}
+        row = _epoch_row(epoch, lr, _train_epoch(
+            head, opt, backbone, _train_batches(train_data, cfg.batch_size, g, epoch),
+            train_transform, device, precision), device, writer)
+        seen += row.pop("count")
         history.append(row)
-        for name in ("loss", "train_top1", "lr"):
-            log_scalar(writer, f"lincls/standard/{'train_loss' if name == 'loss' else name}",
-                       row[name], epoch + 1)
         if bar is not None:
             bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_top1']:.1f}")
             bar.update(1)

@@ -118,3 +118,25 @@ def broadcast_(x: torch.Tensor, src: int = 0) -> torch.Tensor:
     if get_world_size() > 1:
         dist.broadcast(x, src)
     return x
+
+
+@torch.no_grad()
+def all_gather_sizes(x: torch.Tensor) -> list[torch.Tensor]:
+    """``x`` (N_r, ...) of every rank, in rank order, for row counts that differ by rank."""
+    if get_world_size() == 1:
+        return [x]
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [int(s) for s in all_gather(n)]
+    pad = x.new_zeros((max(sizes) - x.shape[0], *x.shape[1:]))
+    gathered = all_gather(torch.cat([x, pad]))
+    chunk = max(sizes)
+    return [gathered[r * chunk:r * chunk + s] for r, s in enumerate(sizes)]
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of ``x`` over ranks (a copy)."""
+    if get_world_size() == 1:
+        return x
+    y = x.detach().clone()
+    dist.all_reduce(y)
+    return y

@@ -34,3 +34,11 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A small run directory (random weights): checkpoints/last.pt, backbone.pt, config.yaml."""
+    from helpers_tiny import make_tiny_run
+
+    return make_tiny_run(tmp_path_factory.mktemp("lincls") / "run")

@@ -242,34 +242,6 @@ def test_sanity_check_fires_when_the_backbone_changes():
 
 
 # --------------------------------------------------------------------------- run_lincls
-def _tiny_items(out: Path, extra=()) -> list[str]:
-    return [f"run.output_dir={out}", "run.device=cpu", "run.precision=fp32", "run.seed=0",
-            "run.progress=false", "data.name=synthetic", "data.image_size=16",
-            "data.synthetic_train=96", "data.synthetic_test=48", "data.synthetic_classes=4",
-            "data.num_workers=0", "model.backbone=resnet18", "model.cifar_stem=true",
-            "model.width=4", "method.queue_size=64", "train.batch_size=16",
-            "eval.epochs=2", "eval.batch_size=32", "eval.knn_k=5", "eval.knn_ks=[5,10]",
-            "eval.knn_ts=[0.07,0.1]", "eval.lr_grid=[0.1,1.0]", "eval.wd_grid=[0.0]",
-            "eval.embedding_samples=0", *extra]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    """A run directory in the sslkit format: checkpoints/last.pt, backbone.pt, config.yaml."""
-    from sslkit.models.backbones import backbone_from_config
-    out = tmp_path_factory.mktemp("lincls") / "run"
-    cfg = config.build({}, _tiny_items(out))
-    torch.manual_seed(1)
-    bb, _ = backbone_from_config(cfg)
-    model = {f"backbone.{k}": v for k, v in bb.state_dict().items()}
-    model.update({"batchformer.encoder.weight": torch.randn(4, 4),
-                  "momentum_backbone.conv1.weight": torch.randn(4, 3, 3, 3)})
-    (out / "checkpoints").mkdir(parents=True)
-    torch.save({"format": "sslkit", "version": 1, "model": model, "optimizer": {},
-                "epoch": 0, "step": 0, "config": cfg.to_dict()}, out / "checkpoints" / "last.pt")
-    torch.save(bb.state_dict(), out / "backbone.pt")
-    (out / "config.yaml").write_text(cfg.to_yaml())
-    return out
 
 
 def _check_eval_json(path: Path, mode: str) -> dict:
@@ -298,7 +270,8 @@ def test_run_lincls_cli_cached_last_pt(tiny_run):
     tb = tiny_run / "tb" / "lincls"
     assert list(tb.glob("events.out.tfevents.*"))
     assert list(tb.rglob("sprite.png")) and list(tb.rglob("metadata.tsv"))
-    assert len((next(tb.rglob("metadata.tsv"))).read_text().split()) == 16
+    names = next(tb.rglob("metadata.tsv")).read_text().splitlines()
+    assert len(names) == 16 and all(n.startswith("class ") for n in names)  # class names
 
 
 @pytest.mark.parametrize("source, mode", [("backbone.pt", "standard"),

@@ -65,7 +65,7 @@ def test_resume_may_change_only_non_structural_keys(tmp_path):
 
 def test_ctrl_c_prints_the_resume_command_and_log_lines_without_carriage_returns(tmp_path):
     out = tmp_path / "run"
-    items = tiny_overrides(out, epochs=50, extra=["eval.knn_every=0", "run.log_every_steps=2",
+    items = tiny_overrides(out, epochs=100000, extra=["eval.knn_every=0", "run.log_every_steps=2",
                                                    "run.progress=true", "run.tensorboard=false",
                                                    "train.checkpoint_every_steps=2"])
     proc = subprocess.Popen([sys.executable, str(ROOT / "run_pretrain.py"), *_sets(items)],

@@ -14,7 +14,8 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch.utils.data import Dataset
 
-from sslkit.data.formats import load_cifar, load_fashion_mnist, load_stl10
+from sslkit.data.formats import (FASHION_MNIST_CLASSES, load_cifar, load_fashion_mnist,
+                                 load_stl10, stl10_classes)
 from sslkit.data.imagefolder import ImageFolderDataset, list_imagefolder
 from sslkit.data.info import dataset_info, resize_side, to_channels
 from sslkit.data.synthetic import synthetic_images
@@ -27,7 +28,7 @@ class InMemoryDataset(Dataset):
     """A whole split in memory: ``images`` (N, C, H, W) uint8, ``labels`` (N,) int64."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                 name: str = "", split: str = ""):
+                 name: str = "", split: str = "", classes: Optional[list[str]] = None):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if labels.shape != (images.shape[0],):
@@ -36,6 +37,7 @@ class InMemoryDataset(Dataset):
         self.labels = labels.to(torch.int64)
         self.num_classes = int(num_classes)
         self.name, self.split = name, split
+        self.classes = classes if classes is not None else [str(c) for c in range(num_classes)]
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -45,7 +47,7 @@ class InMemoryDataset(Dataset):
 
     def subset(self, indices: torch.Tensor) -> "InMemoryDataset":
         return InMemoryDataset(self.images[indices], self.labels[indices], self.num_classes,
-                               self.name, self.split)
+                               self.name, self.split, self.classes)
 
     def __repr__(self) -> str:
         return (f"InMemoryDataset({self.name}/{self.split}: {len(self)} images "
@@ -71,22 +73,23 @@ class Request:
 
 
 def _in_memory(req: Request, images: torch.Tensor, labels: torch.Tensor,
-               num_classes: int) -> InMemoryDataset:
-    return InMemoryDataset(to_channels(images, req.channels), labels, num_classes, req.name,
-                           req.split)
+               classes: list[str]) -> InMemoryDataset:
+    return InMemoryDataset(to_channels(images, req.channels), labels, len(classes), req.name,
+                           req.split, classes)
 
 
 def _fashion_mnist(req: Request) -> Dataset:
-    return _in_memory(req, *load_fashion_mnist(req.root, req.split, req.download), 10)
+    return _in_memory(req, *load_fashion_mnist(req.root, req.split, req.download),
+                      FASHION_MNIST_CLASSES)
 
 
 def _cifar(req: Request) -> Dataset:
-    images, labels = load_cifar(req.name, req.root, req.split, req.download)
-    return _in_memory(req, images, labels, dataset_info(req.name).num_classes)
+    return _in_memory(req, *load_cifar(req.name, req.root, req.split, req.download))
 
 
 def _stl10(req: Request) -> Dataset:
-    return _in_memory(req, *load_stl10(req.root, req.split, req.download), 10)
+    return _in_memory(req, *load_stl10(req.root, req.split, req.download),
+                      stl10_classes(req.root))
 
 
 def _synthetic(req: Request) -> Dataset:
@@ -94,7 +97,7 @@ def _synthetic(req: Request) -> Dataset:
     n = req.synthetic_test if req.split == "test" else req.synthetic_train
     images, labels = synthetic_images(n, req.synthetic_classes, req.image_size or 32,
                                       seed=2 if req.split == "test" else 1)
-    return _in_memory(req, images, labels, req.synthetic_classes)
+    return _in_memory(req, images, labels, [f"class {c}" for c in range(req.synthetic_classes)])
 
 
 def _imagefolder(req: Request) -> Dataset:

@@ -108,7 +108,8 @@ def _download(name: str, root: str, fn, hint: str) -> None:
                         f"{hint}") from None
 
 
-def load_cifar(name: str, root: str, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def load_cifar(name: str, root: str, split: str, download: bool
+               ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
     folder = os.path.join(root, cls.base_folder)
     hint = (f"get it with --set data.download=true (online), or put torchvision's "
@@ -128,7 +129,7 @@ def load_cifar(name: str, root: str, split: str, download: bool) -> tuple[torch.
         raise DataError(f"{name}: cannot read {folder} ({type(e).__name__}: {e}); "
                         f"delete the folder and {hint}") from None
     images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
-    return images, torch.as_tensor(ds.targets, dtype=torch.int64)
+    return images, torch.as_tensor(ds.targets, dtype=torch.int64), list(ds.classes)
 
 
 STL10_SIDE = 96
@@ -187,3 +188,21 @@ def load_stl10(root: str, split: str, download: bool) -> tuple[torch.Tensor, tor
             labels[start:start + n] = y
         start += n
     return images, labels
+
+
+STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship",
+                 "truck"]
+
+
+def stl10_classes(root: str) -> list[str]:
+    """STL-10's class names (``class_names.txt`` of the archive, else its published list)."""
+    path = os.path.join(root, "stl10_binary", "class_names.txt")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            names = [ln.strip() for ln in fh if ln.strip()]
+        return names if len(names) == 10 else STL10_CLASSES
+    except OSError:
+        return STL10_CLASSES
+
+
+FASHION_MNIST_CLASSES = list(torchvision.datasets.FashionMNIST.classes)
