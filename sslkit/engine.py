@@ -107,9 +107,11 @@ class Trainer:
         if cfg.train.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
         self.knn_sets = None
-        if cfg.eval.knn_every > 0:
+        if cfg.eval.knn_every > 0 and getattr(self.train_set, "num_classes", 0) >= 2:
             self.knn_sets = (dataset_from_config(cfg.data, "train", seed=cfg.run.seed),
                              dataset_from_config(cfg.data, "test", seed=cfg.run.seed))
+        elif cfg.eval.knn_every > 0 and self.main:  # a folder of unlabelled photos
+            print("note: the training images have no labels: no online kNN", flush=True)
 
     def _build_model(self) -> None:
         cfg = self.cfg

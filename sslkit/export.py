@@ -15,10 +15,12 @@ from pathlib import Path
 
 import torch
 
-from sslkit.checkpoint import (is_sslkit_checkpoint, load_any, load_checkpoint,
+from sslkit.checkpoint import (is_sslkit_checkpoint, load_any, load_checkpoint, load_into,
                                load_state_dict_file, save_atomic)
-from sslkit.config import read_yaml_file
+from sslkit.config import build as build_config, read_yaml_file
+from sslkit.data.info import normalization
 from sslkit.errors import CheckpointError, OneLineParser, UserError, guard
+from sslkit.models.backbones import backbone_from_config
 
 BACKBONE_PREFIX = "backbone."
 
@@ -72,6 +74,30 @@ def read_backbone_source(path: str | os.PathLike) -> tuple["OrderedDict[str, tor
     if cfg_file.is_file():
         return state, read_yaml_file(cfg_file)
     return state, None
+
+
+def load_backbone(path: str | os.PathLike) -> tuple[torch.nn.Module, tuple, tuple]:
+    """``(backbone in eval mode, mean, std)`` of a run: ``path`` is the run directory, its
+    ``backbone.pt`` or its ``checkpoints/last.pt``. The network is built from the run's
+    ``config.yaml`` (any width, stem or ViT size; strict loading), and ``mean`` / ``std`` are
+    the per-channel input normalisation the backbone was trained with (images in [0, 1]).
+
+        net, mean, std = load_backbone("runs/demo")
+        x = (images.float() / 255 - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+        features = net(x)                                   # (B, feat_dim)
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "backbone.pt"
+    state, cfg_dict = read_backbone_source(path)
+    if cfg_dict is None:
+        raise CheckpointError(f"'{path}' has no config.yaml beside it: build the network "
+                              f"yourself (sslkit.models.backbones.build_backbone)")
+    cfg = build_config(cfg_dict, source=str(path))
+    net, _ = backbone_from_config(cfg)
+    load_into(net, state, str(path), what="backbone")
+    mean, std = normalization(cfg.data.name, cfg.data.channels, cfg.data.mean, cfg.data.std)
+    return net.eval(), mean, std
 
 
 def _main(argv: list[str] | None) -> int:

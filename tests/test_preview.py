@@ -13,7 +13,8 @@ from helpers_tiny import tiny_overrides
 from sslkit import config
 from sslkit.engine import pretrain
 from sslkit.pipeline import build_pretrain_input
-from test_crops import jpeg_folder
+from test_crops import jpeg_folder, photo
+from conftest import ROOT
 
 
 def _sets(items):
@@ -74,3 +75,25 @@ def test_imagefolder_pretraining_end_to_end(tmp_path, crop_from):
     assert summary.steps == 1 and summary.backbone is not None  # 6 images // 4 = 1 step
     lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("knn_top1" in r for r in lines) and any("loss" in r for r in lines)
+
+
+def test_unlabelled_flat_folder_pretrains_with_the_starter_config(tmp_path):
+    """configs/imagefolder.yaml on a flat folder of photos (no class folders, no train/):
+    pretraining runs, without the online kNN; evaluation asks for class folders."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for k in range(8):
+        Image.fromarray(photo(96, 128, k)).save(photos / f"{k}.jpg", quality=90)
+    starter = config.load(None)  # the schema defaults, then the starter on top
+    cfg = config.load(ROOT / "configs" / "imagefolder.yaml", [
+        f"data.root={photos}", f"run.output_dir={tmp_path / 'run'}", "run.device=cpu",
+        "run.progress=false", "data.image_size=32", "data.num_workers=0",
+        "train.batch_size=4", "train.epochs=1", "method.queue_size=16", "method.bn_splits=2",
+        "model.width=4"])
+    assert starter.data.name != cfg.data.name and cfg.data.channels == 3
+    summary = pretrain(cfg)
+    assert summary.steps == 2 and summary.knn_top1 is None
+    from sslkit.data import build_dataset
+    from sslkit.errors import DataError
+    with pytest.raises(DataError, match="without class folders"):
+        build_dataset("imagefolder", str(photos), "train")

@@ -112,3 +112,22 @@ def test_console_scripts_name_themselves(name, flag):
         pytest.skip("the package is not installed with its console scripts")
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith(f"usage: {name}") and flag in proc.stdout
+
+
+def test_load_backbone_of_any_width(tmp_path):
+    """sslkit.export.load_backbone rebuilds a width-4 ResNet from the run's config.yaml, loads
+    backbone.pt strictly and returns the normalisation: the trained backbone's outputs."""
+    import torch
+
+    from sslkit.engine import Trainer
+    from sslkit.export import load_backbone
+
+    out = tmp_path / "run"
+    trainer = Trainer(tiny_config(out, epochs=1, extra=["eval.knn_every=0"]))
+    trainer.fit()
+    net, mean, std = load_backbone(out)
+    assert len(mean) == len(std) == 3 and not net.training
+    x = torch.randn(4, 3, 16, 16)
+    trained = trainer.method.backbone.eval()
+    assert torch.equal(net(x), trained(x))
+    assert torch.equal(load_backbone(out / "checkpoints" / "last.pt")[0](x), trained(x))

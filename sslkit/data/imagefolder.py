@@ -144,11 +144,33 @@ def _imagefolder_layout_hint(root: str) -> str:
             f"{root}/val/<class>/<image>.jpg")
 
 
+_UNLABELLED = ("imagefolder: {folder} holds images without class folders: they can pretrain, "
+               "but kNN and the linear probe need labels; {hint}")
+
+
+def _flat_images(folder: str) -> list[str]:
+    """The image files directly in ``folder`` (sorted), for an unlabelled folder."""
+    return sorted(os.path.join(folder, e.name) for e in os.scandir(folder)
+                  if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS))
+
+
 def list_imagefolder(root: str, split: str,
-                      class_list: Optional[str]) -> tuple[list[tuple[str, int]], list[str]]:
+                     class_list: Optional[str]) -> tuple[list[tuple[str, int]], list[str]]:
+    """``(samples [(path, label)], class names)`` of ``split``: ``root/train/<class>/`` for
+    "pretrain" and "train", ``root/val/<class>/`` for "test"; class indices follow train/.
+
+    Unlabelled images serve pretraining: "pretrain" of a folder without class folders (its
+    images directly in ``root/train/`` or, without a train/ folder, in ``root/``) gives every
+    image the label -1 and no classes. Evaluation needs class folders.
+    """
     sub = "val" if split == "test" else "train"
     folder = os.path.join(root, sub)
+    if split == "pretrain" and not os.path.isdir(folder) and os.path.isdir(root) \
+            and _flat_images(root):
+        folder = root  # a flat folder of photos
     if not os.path.isdir(folder):
+        if os.path.isdir(root) and _flat_images(root):
+            raise DataError(_UNLABELLED.format(folder=root, hint=_imagefolder_layout_hint(root)))
         raise DataError(f"imagefolder: folder {folder} not found; {_imagefolder_layout_hint(root)}")
     train_dir = os.path.join(root, "train")
     class_dir = train_dir if os.path.isdir(train_dir) else folder  # indices follow train/
@@ -161,6 +183,11 @@ def list_imagefolder(root: str, split: str,
     else:
         classes = sorted(e.name for e in os.scandir(class_dir) if e.is_dir())
     if not classes:
+        flat = _flat_images(folder)
+        if split == "pretrain" and flat:
+            return [(path, -1) for path in flat], []
+        if flat:
+            raise DataError(_UNLABELLED.format(folder=folder, hint=_imagefolder_layout_hint(root)))
         raise DataError(f"imagefolder: no class folders in {class_dir}; {_imagefolder_layout_hint(root)}")
     samples: list[tuple[str, int]] = []
     for idx, c in enumerate(classes):
