@@ -5,7 +5,8 @@
 # demo budget (4 epochs), SEEDS seeds each, plus the random-init ViT; every model evaluated
 # by the same protocol as bench/results_fmnist.sh (cached features: kNN k=20 and k=200, and
 # the linear probe). Runs finish one by one and a finished run is never redone, so the
-# script can be stopped and started again. CPU, 2 cores: about 13-16 min per run (~90 min).
+# script can be stopped and started again. CPU, 2 free cores: about 9 min per plain or v1
+# run and 14 per v2 run, ~65 min in all (docs/results.md).
 #
 #   bash bench/results_vit_fmnist.sh                     # all of it, then docs/results.md
 #   SEEDS="0" EPOCHS=2 bash bench/results_vit_fmnist.sh  # a quicker look (table in OUT/results.md)
