@@ -1,12 +1,14 @@
-"""Summarise the runs of bench/results_fmnist.sh as the Markdown table of docs/results.md.
+"""Summarise the runs of bench/results_fmnist.sh (or bench/results_vit_fmnist.sh with
+``--table vit``) as the Markdown table of docs/results.md.
 
     python bench/results_table.py runs/results_fmnist --epochs 6
+    python bench/results_table.py runs/results_vit_fmnist --table vit --epochs 4
 
 Each row is one model over its seeds: mean and range [min, max] of kNN top-1 (k=20 at
 T=0.07 and k=200 at T=0.1) and of the linear probe's top-1 on the Fashion-MNIST test set
 (each run's wall-clock pretraining time is in its ``pretrain_seconds.txt``). With
-``--write-doc`` (the demo budget, 6 epochs) the table replaces the block between the two
-markers in docs/results.md; otherwise it goes to ``<runs>/results.md``.
+``--write-doc`` at the table's demo budget (6 epochs; ViT: 4) the table replaces the block
+between its two markers in docs/results.md; otherwise it goes to ``<runs>/results.md``.
 """
 from __future__ import annotations
 
@@ -18,15 +20,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "results.md"
-BEGIN, END = "<!-- results-fmnist:begin -->", "<!-- results-fmnist:end -->"
-ROWS = [  # (label, run directory pattern with {s} for the seed)
-    ("raw pixels (normalised)", "baselines_s{s}/baseline_raw_pixels"),
-    ("random init (ResNet-18 w16)", "baselines_s{s}/baseline_random_init"),
-    ("MoCo-v2", "demo_s{s}"),
-    ("MoCo-v2 + BatchFormer", "demo_bf_s{s}"),
-    ("MoCo-v3", "demo_mocov3_s{s}"),
-    ("MoCo-v3 + BatchFormer", "demo_mocov3_bf_s{s}"),
-]
+TABLES = {  # name -> (begin marker, end marker, demo-budget epochs, rows)
+    "fmnist": ("<!-- results-fmnist:begin -->", "<!-- results-fmnist:end -->", 6, [
+        # (label, run directory pattern with {s} for the seed)
+        ("raw pixels (normalised)", "baselines_s{s}/baseline_raw_pixels"),
+        ("random init (ResNet-18 w16)", "baselines_s{s}/baseline_random_init"),
+        ("MoCo-v2", "demo_s{s}"),
+        ("MoCo-v2 + BatchFormer", "demo_bf_s{s}"),
+        ("MoCo-v3", "demo_mocov3_s{s}"),
+        ("MoCo-v3 + BatchFormer", "demo_mocov3_bf_s{s}"),
+    ]),
+    "vit": ("<!-- results-vit-fmnist:begin -->", "<!-- results-vit-fmnist:end -->", 4, [
+        ("random init (ViT-Tiny width, 4 blocks)", "baselines_s{s}/baseline_random_init"),
+        ("MoCo-v3 ViT", "demo_vit_s{s}"),
+        ("MoCo-v3 ViT + BatchFormer (v1)", "demo_vit_bf_s{s}"),
+        ("MoCo-v3 ViT + BatchFormerV2", "demo_vit_bfv2_s{s}"),
+    ]),
+}
 
 
 def knn_top1(result: dict, k: int, t: float) -> float:
@@ -45,10 +55,10 @@ def cell(values: list[float]) -> str:
     return f"{mean:.2f} [{min(values):.2f}, {max(values):.2f}]"
 
 
-def table(out: Path, seeds: list[int]) -> str:
+def table(out: Path, seeds: list[int], rows: list[tuple[str, str]]) -> str:
     lines = ["| model | seeds | kNN k=20, T=0.07 | kNN k=200, T=0.1 | linear |",
              "|---|---|---|---|---|"]
-    for label, pattern in ROWS:
+    for label, pattern in rows:
         k20, k200, lin, found = [], [], [], []
         for s in seeds:
             d = out / pattern.format(s=s)
@@ -69,21 +79,24 @@ def table(out: Path, seeds: list[int]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", type=Path)
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--table", choices=sorted(TABLES), default="fmnist")
+    ap.add_argument("--epochs", type=int, default=None, help="default: the demo budget")
     ap.add_argument("--seeds", default="0 1")
     ap.add_argument("--write-doc", action="store_true",
-                    help="put the table into docs/results.md (the demo budget, 6 epochs)")
+                    help="put the table into docs/results.md (only at the demo budget)")
     args = ap.parse_args()
+    begin, end, budget, rows = TABLES[args.table]
+    epochs = budget if args.epochs is None else args.epochs
     seeds = [int(s) for s in args.seeds.split()]
-    text = table(args.runs, seeds)
+    text = table(args.runs, seeds, rows)
     print(text)
-    if args.write_doc and args.epochs == 6:
-        doc = DOC.read_text() if DOC.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
-        if BEGIN not in doc or END not in doc:
-            print(f"error: {DOC} lacks the {BEGIN} / {END} markers", file=sys.stderr)
+    if args.write_doc and epochs == budget:
+        doc = DOC.read_text() if DOC.exists() else f"# Results\n\n{begin}\n{end}\n"
+        if begin not in doc or end not in doc:
+            print(f"error: {DOC} lacks the {begin} / {end} markers", file=sys.stderr)
             return 2
-        head, rest = doc.split(BEGIN, 1)
-        doc = head + BEGIN + "\n" + text + "\n" + END + rest.split(END, 1)[1]
+        head, rest = doc.split(begin, 1)
+        doc = head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1]
         DOC.write_text(doc)
         print(f"updated {DOC}")
     else:

@@ -146,6 +146,17 @@ class BatchFormerConfig:
     layers: int = _f(1, ge=1)
     scope: Literal["local", "global"] = _f("local", help="attend over the per-process batch "
                                            "(local) or the gathered batch (global)")
+    version: Literal["v1", "v2"] = _f("v1", help="v1: on the pooled features (CVPR 2022); v2: "
+                                      "on every token between ViT blocks (BatchFormerV2)")
+    insert_after: Optional[list[int]] = _f(None, help="v2: 0-based ViT blocks followed "
+                                           "by the module (null: depth-1-round(depth/4), [8] "
+                                           "for 12 blocks)")
+    shared: bool = _f(True, help="v2: one module reused at every insertion point (false: one "
+                      "per point)")
+    lr_scale: float = _f(1.0, gt=0, help="LR of the BatchFormer's parameter group, as a "
+                         "multiple of the optimizer's LR")
+    weight_decay: Optional[float] = _f(None, ge=0, help="weight decay of the BatchFormer's "
+                                       "parameter group (null: optim.weight_decay)")
 
 
 @dataclass(frozen=True)
@@ -545,8 +556,49 @@ def check_bn_splits(batch: int, bn_splits: int, what: str = "train.batch_size") 
                           f"method.bn_splits=1")
 
 
+VIT_DEPTH = 12  # the depth of every ViT in sslkit.models.backbones (model.vit_depth overrides)
+
+
+def default_insert_after(depth: int) -> list[int]:
+    """BatchFormerV2's default placement for a ViT of ``depth`` blocks: after block
+    ``depth - 1 - round(depth / 4)`` (halves round up), so that the last quarter of the blocks
+    runs on both streams. 12 blocks: [8], the authors' DeiT placement (Hou et al.,
+    github.com/zhihou7/BatchFormer, batchformer-v2/deit_share); 6: [3]; 4: [2]; 1: [0]."""
+    return [depth - 1 - int(math.floor(depth / 4 + 0.5))]
+
+
+def v2_needs_vit(backbone: str) -> ConfigError:
+    """The error for BatchFormerV2 on a backbone that is no ViT."""
+    return ConfigError(f"batchformer.version=v2 needs a ViT backbone (model.backbone=vit_tiny, "
+                       f"vit_small or vit_base): it runs between transformer blocks, and "
+                       f"model.backbone={backbone} has none; use batchformer.version=v1 with it")
+
+
+def insertion_points(insert_after: Optional[list[int]], depth: int) -> list[int]:
+    """BatchFormerV2's insertion points (sorted) for a ViT of ``depth`` blocks: the 0-based
+    indices of ``batchformer.insert_after``, or :func:`default_insert_after` for null."""
+    points = default_insert_after(depth) if insert_after is None else list(insert_after)
+    if not points:
+        raise ConfigError(f"batchformer.insert_after=[] names no block; give 0-based block "
+                          f"indices in 0..{depth - 1}, or null for the default "
+                          f"{default_insert_after(depth)}")
+    bad = [i for i in points if not 0 <= i < depth]
+    if bad:
+        raise ConfigError(f"batchformer.insert_after={_show(points)} is out of range: the ViT "
+                          f"has {depth} blocks, so the 0-based indices must be in "
+                          f"0..{depth - 1} (default {default_insert_after(depth)})")
+    if len(set(points)) != len(points):
+        raise ConfigError(f"batchformer.insert_after={_show(points)} names a block twice; "
+                          f"name each block once")
+    return sorted(points)
+
+
 def validate(cfg: Config) -> None:
     """Checks that involve more than one key."""
+    if cfg.batchformer.enabled and cfg.batchformer.version == "v2":
+        if not _is_vit(cfg):
+            raise v2_needs_vit(cfg.model.backbone)
+        insertion_points(cfg.batchformer.insert_after, cfg.model.vit_depth or VIT_DEPTH)
     if cfg.method.name == "mocov2" and cfg.method.queue_size is not None:
         sym = cfg.method.symmetric
         check_queue_size(cfg.method.queue_size, cfg.train.batch_size * (2 if sym else 1),

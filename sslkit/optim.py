@@ -35,17 +35,32 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """Trainable parameters (frozen ones and the momentum encoder are left out).
 
     LARS (and ``exclude_bias_norm``) puts biases and norm parameters in a group with no weight
-    decay and no LARS adaptation.
+    decay and no LARS adaptation. A submodule with an ``optim_group`` attribute (a dict:
+    ``name``, ``lr_scale``, ``weight_decay`` or None for ``optim.weight_decay``; the methods
+    set it on the BatchFormer from ``batchformer.lr_scale`` / ``batchformer.weight_decay``)
+    gets its parameters into groups of their own, after the others (split the same way).
+    Every group has ``lr_scale``: :func:`build_optimizer` sets its LR to the scaled LR times it.
     """
-    regular, excluded = [], []
+    split = cfg.name == "lars" or cfg.exclude_bias_norm
+    special = [m for m in model.modules() if isinstance(getattr(m, "optim_group", None), dict)]
+    claimed = {id(p): m for m in special for p in m.parameters()}
+    buckets: dict[tuple[int, bool], list[nn.Parameter]] = {}
     for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        split = cfg.name == "lars" or cfg.exclude_bias_norm
-        (excluded if split and _is_bias_or_norm(p) else regular).append(p)
-    groups = [{"params": regular, "weight_decay": cfg.weight_decay, "lars_exclude": False}]
-    if excluded:
-        groups.append({"params": excluded, "weight_decay": 0.0, "lars_exclude": True})
+        if p.requires_grad:
+            owner = id(claimed[id(p)]) if id(p) in claimed else 0
+            buckets.setdefault((owner, split and _is_bias_or_norm(p)), []).append(p)
+    groups = []
+    for name, owner, scale, wd in [("base", 0, 1.0, cfg.weight_decay)] + [
+            (m.optim_group["name"], id(m), float(m.optim_group["lr_scale"]),
+             cfg.weight_decay if m.optim_group["weight_decay"] is None
+             else float(m.optim_group["weight_decay"])) for m in special]:
+        if owner == 0 or buckets.get((owner, False)):
+            groups.append({"params": buckets.get((owner, False), []), "weight_decay": wd,
+                           "lars_exclude": False, "lr_scale": scale, "name": name})
+        if buckets.get((owner, True)):
+            groups.append({"params": buckets[(owner, True)], "weight_decay": 0.0,
+                           "lars_exclude": True, "lr_scale": scale,
+                           "name": f"{name}_bias_norm"})
     return groups
 
 
@@ -96,6 +111,8 @@ class LARS(torch.optim.Optimizer):
 def build_optimizer(model: nn.Module, cfg: OptimConfig, global_batch: int) -> torch.optim.Optimizer:
     lr = scaled_lr(cfg, global_batch)
     groups = param_groups(model, cfg)
+    for g in groups:
+        g["lr"] = lr * g["lr_scale"]
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay)

@@ -16,6 +16,8 @@ TINY = ["run.device=cpu", "run.precision=fp32", "run.progress=false", "data.name
         "data.num_workers=0", "model.width=4", "model.cifar_stem=true", "train.batch_size=16",
         "train.epochs=1", "method.queue_size=64", "eval.knn_every=0"]
 
+VIT2 = ["model.backbone=vit_tiny", "model.vit_depth=2", "model.patch_size=8"]
+
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -216,6 +218,18 @@ CASES: list[Case] = [
     Case("bf-heads", "config", "`--set batchformer.enabled=true batchformer.heads=3` "
          "(32-d features)", _set("batchformer.enabled=true", "batchformer.heads=3"),
          ("batchformer.heads=3", "feature dim 32")),
+    Case("bf2-resnet", "config", "`--set batchformer.enabled=true batchformer.version=v2` "
+         "with a ResNet-18", _set("batchformer.enabled=true", "batchformer.version=v2"),
+         ("batchformer.version=v2", "needs a ViT backbone", "model.backbone=resnet18")),
+    Case("bf2-insert-range", "config", "`--set batchformer.version=v2 "
+         "batchformer.insert_after=[2]` with a 2-block ViT",
+         _set(*VIT2, "batchformer.enabled=true", "batchformer.version=v2",
+              "batchformer.insert_after=[2]"),
+         ("batchformer.insert_after=[2]", "2 blocks", "0..1")),
+    Case("bf2-heads", "config", "`--set batchformer.version=v2 batchformer.heads=5` with a "
+         "ViT-Tiny (width 192)", _set(*VIT2, "batchformer.enabled=true",
+                                      "batchformer.version=v2", "batchformer.heads=5"),
+         ("batchformer.heads=5", "192", "--set batchformer.heads=4")),
     Case("batch-too-large", "config", "`--set train.batch_size=128` with 64 images",
          _set("train.batch_size=128", "method.queue_size=128"),
          ("train.batch_size=128", "64 training images")),

@@ -51,13 +51,16 @@ def test_every_shipped_config_loads(root):
         assert cfg.method.temperature is not None  # defaults resolved
 
 
-@pytest.mark.parametrize("plain", ["demo", "demo_mocov3", "cifar10_mocov2", "cifar10_mocov3",
-                                   "imagenet_mocov2_200ep", "imagenet_mocov3_r50_100ep"])
-def test_batchformer_recipes_change_only_the_batchformer(root, plain):
-    """A `_bf` recipe is its plain twin with the BatchFormer on: any other difference would
-    confound the comparison of docs/results.md."""
+@pytest.mark.parametrize("plain,twin", [
+    *[(p, "_bf") for p in ["demo", "demo_mocov3", "cifar10_mocov2", "cifar10_mocov3",
+                           "imagenet_mocov2_200ep", "imagenet_mocov3_r50_100ep", "demo_vit"]],
+    ("demo_vit", "_bfv2"), ("imagenet_mocov3_vits_300ep", "_bfv2")])
+def test_batchformer_recipes_change_only_the_batchformer(root, plain, twin):
+    """A `_bf` / `_bfv2` recipe is its plain twin with the BatchFormer on: any other difference
+    would confound the comparison of docs/results.md."""
     a = dataclasses.asdict(config.load(root / f"configs/{plain}.yaml"))
-    b = dataclasses.asdict(config.load(root / f"configs/{plain}_bf.yaml"))
+    b = dataclasses.asdict(config.load(root / f"configs/{plain}{twin}.yaml"))
+    assert b["batchformer"]["version"] == {"_bf": "v1", "_bfv2": "v2"}[twin]
     assert a["batchformer"]["enabled"] is False and b["batchformer"]["enabled"] is True
     for d in (a, b):
         del d["batchformer"], d["run"]["output_dir"]

@@ -3,11 +3,17 @@ momentum (key) encoder that follows it, the two-stream contrast and the stats me
 
 Online branch:   x -> backbone -> h (B, D) -> [BatchFormer, training only: (2B, D), the plain
                  rows first] -> heads (projector; + predictor for MoCo-v3) -> q (S*B, d)
+                 BatchFormerV2 (ViT only) sits between two transformer blocks instead:
+                 x -> blocks 0..i -> tokens (B, L, D) -> cat([t, BF(t)]) -> blocks i+1.. on 2B
+                 rows -> h (2B, D) -> heads.
 Momentum branch: an EMA copy of backbone + projector, no gradient, no BatchFormer.
 
-BatchFormer: Hou, Yu & Tao, CVPR 2022 (github.com/zhihou7/BatchFormer). Both streams share the
-heads and the momentum keys; each contrastive term is the mean over the S*B query rows, i.e.
-the average of the streams' losses (reported as ``loss_plain`` / ``loss_bf``).
+BatchFormer: Hou, Yu & Tao, CVPR 2022 (github.com/zhihou7/BatchFormer); BatchFormerV2: arXiv
+2204.01254. Both streams share the heads and the momentum keys; each contrastive term is the
+mean over the S*B query rows, i.e. the average of the streams' losses (reported as
+``loss_plain`` / ``loss_bf``). The BatchFormer's parameters live here (``batchformer.*``), never
+in the backbone, and form their own optimizer group (``batchformer.lr_scale``,
+``batchformer.weight_decay``; see :func:`sslkit.optim.param_groups`).
 """
 from __future__ import annotations
 
@@ -17,8 +23,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from sslkit.config import BatchFormerConfig
-from sslkit.models.batchformer import BatchFormer
+from sslkit.config import BatchFormerConfig, v2_needs_vit
+from sslkit.models.batchformer import BatchFormer, BatchFormerV2
 
 Stats = dict[str, Tensor]
 
@@ -34,9 +40,24 @@ class MoCoBase(nn.Module):
         super().__init__()
         self.bf_scope = batchformer.scope
         self.backbone = backbone  # the exportable encoder: state-dict keys 'backbone.*'
-        self.batchformer = (BatchFormer(feat_dim, batchformer.heads, batchformer.ffn_dim,
-                                        batchformer.dropout, batchformer.layers)
-                            if batchformer.enabled else None)
+        self.batchformer = self._build_batchformer(batchformer, feat_dim)
+
+    def _build_batchformer(self, bf: BatchFormerConfig, feat_dim: int) -> nn.Module | None:
+        """BatchFormer (v1) on the features, or BatchFormerV2 between the blocks of a ViT;
+        tagged with its optimizer group (read by sslkit.optim.param_groups)."""
+        if not bf.enabled:
+            return None
+        if bf.version == "v1":
+            module = BatchFormer(feat_dim, bf.heads, bf.ffn_dim, bf.dropout, bf.layers)
+        else:
+            blocks = getattr(getattr(self.backbone, "encoder", None), "layers", None)
+            if not hasattr(self.backbone, "forward_with") or blocks is None:
+                raise v2_needs_vit(type(self.backbone).__name__)
+            module = BatchFormerV2(feat_dim, len(blocks), bf.insert_after, bf.shared, bf.heads,
+                                   bf.ffn_dim, bf.dropout, bf.layers)
+        module.optim_group = {"name": "batchformer", "lr_scale": bf.lr_scale,
+                              "weight_decay": bf.weight_decay}
+        return module
 
     # ------------------------------------------------------------------ momentum encoder
     def _init_momentum_encoder(self) -> None:
@@ -71,12 +92,18 @@ class MoCoBase(nn.Module):
     def _heads(self, h: Tensor) -> Tensor:
         return self.projector(h)
 
+    def _features(self, x: Tensor) -> Tensor:
+        """Images (B, C, H, W) -> online features (S*B, D); the BatchFormer stream (S = 2,
+        plain rows first) only in training."""
+        if self.batchformer is None or not self.training:
+            return self.backbone(x)  # (B, D)
+        if isinstance(self.batchformer, BatchFormerV2):
+            return self.batchformer(self.backbone, x, scope=self.bf_scope)
+        return self.batchformer(self.backbone(x), scope=self.bf_scope)
+
     def _queries(self, x: Tensor) -> Tensor:
-        """Images (B, C, H, W) -> queries (S*B, d); the BatchFormer stream only in training."""
-        h = self.backbone(x)  # (B, D)
-        if self.batchformer is not None and self.training:
-            h = self.batchformer(h, scope=self.bf_scope)  # (2B, D), plain rows first
-        return self._heads(h)
+        """Images (B, C, H, W) -> queries (S*B, d)."""
+        return self._heads(self._features(x))
 
     # ------------------------------------------------------------------ losses
     @staticmethod

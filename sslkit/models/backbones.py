@@ -151,6 +151,20 @@ class ViTBackbone(VisionTransformer):
             self.conv_proj.weight.requires_grad_(False)
             self.conv_proj.bias.requires_grad_(False)
 
+    def forward_with(self, x: torch.Tensor,
+                     after_block: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """torchvision's ``forward`` with ``after_block(i, tokens)`` applied to the tokens
+        (N, L, D) that block ``i`` (0-based) outputs; it may change N (BatchFormerV2 doubles
+        it), every later block then runs on its rows. With ``after_block`` returning the
+        tokens unchanged this is ``forward(x)`` bit for bit."""
+        x = self._process_input(x)
+        x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+        enc = self.encoder
+        x = enc.dropout(x + enc.pos_embedding)
+        for i, block in enumerate(enc.layers):
+            x = after_block(i, block(x))
+        return self.heads(enc.ln(x)[:, 0])
+
 
 def _vit(dim: int, layers: int, heads: int) -> Callable[..., tuple[nn.Module, int]]:
     def build(*, in_channels: int = 3, image_size: int = 224, patch_size: int = 16,

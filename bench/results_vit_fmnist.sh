@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The ViT table of docs/results.md: MoCo-v3 on Fashion-MNIST with the demo ViT
+# (configs/demo_vit.yaml: ViT-Tiny width, 4 blocks, 7x7 patches), plain against + BatchFormer
+# (v1, on the pooled features) against + BatchFormerV2 (on the tokens after block 2), at the
+# demo budget (4 epochs), SEEDS seeds each, plus the random-init ViT; every model evaluated
+# by the same protocol as bench/results_fmnist.sh (cached features: kNN k=20 and k=200, and
+# the linear probe). Runs finish one by one and a finished run is never redone, so the
+# script can be stopped and started again. CPU, 2 free cores: about 9 min per plain or v1
+# run and 14 per v2 run, ~65 min in all (docs/results.md).
+#
+#   bash bench/results_vit_fmnist.sh                     # all of it, then docs/results.md
+#   SEEDS="0" EPOCHS=2 bash bench/results_vit_fmnist.sh  # a quicker look (table in OUT/results.md)
+#   PY=python OUT=/scratch/vit bash bench/results_vit_fmnist.sh
+#   EXTRA="data.subset=512 train.max_steps=2" OUT=/tmp/v bash bench/results_vit_fmnist.sh  # smoke
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-runs/results_vit_fmnist}
+SEEDS=${SEEDS:-"0 1"}
+EPOCHS=${EPOCHS:-4}
+read -r -a EXTRA <<< "${EXTRA:-}"   # more key=value overrides for every run and evaluation
+EVAL=(eval.mode=cached "eval.knn_ks=[20,200]" "eval.knn_ts=[0.07,0.1]" eval.embedding_samples=0)
+mkdir -p "$OUT"
+
+evaluate() {  # evaluate DIR [run_lincls args...]
+  local dir=$1; shift
+  if [ -f "$dir/eval.json" ]; then echo "== $dir: done"; return; fi
+  echo "== evaluate $dir"
+  "$PY" run_lincls.py "$@" --set "${EVAL[@]}" ${EXTRA[@]+"${EXTRA[@]}"}
+}
+
+for seed in $SEEDS; do
+  evaluate "$OUT/baselines_s$seed/baseline_random_init" --baseline random-init \
+    --config configs/demo_vit.yaml --output "$OUT/baselines_s$seed" --set run.seed="$seed"
+  for name in demo_vit demo_vit_bf demo_vit_bfv2; do
+    run="$OUT/${name}_s$seed"
+    if [ ! -f "$run/eval.json" ]; then
+      echo "== pretrain $run"
+      start=$SECONDS
+      if [ -f "$run/checkpoints/last.pt" ]; then resume=(--resume); else resume=(--overwrite); fi
+      "$PY" run_pretrain.py --config "configs/$name.yaml" "${resume[@]}" --set \
+        run.output_dir="$run" run.seed="$seed" train.epochs="$EPOCHS" eval.knn_every=0 \
+        run.progress=false ${EXTRA[@]+"${EXTRA[@]}"}
+      echo $((SECONDS - start)) > "$run/pretrain_seconds.txt"
+    fi
+    evaluate "$run" --checkpoint "$run/checkpoints/last.pt"
+  done
+done
+doc=()
+if [ ${#EXTRA[@]} -eq 0 ] && [ "$EPOCHS" = 4 ] && [ "$SEEDS" = "0 1" ]; then doc=(--write-doc); fi
+"$PY" bench/results_table.py "$OUT" --table vit --epochs "$EPOCHS" --seeds "$SEEDS" \
+  ${doc[@]+"${doc[@]}"}
