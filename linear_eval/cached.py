@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from linear_eval.common import log_scalar, lr_at_epoch
+from linear_eval.common import class_hits, log_scalar, lr_at_epoch, per_class_accuracy
 from sslkit.config import EvalConfig
 from sslkit.metrics import TB_EVAL, progress_bar
 from sslkit.optim import linear_scaled
@@ -156,6 +156,13 @@ class LinearHeads:
         return 100.0 * h1 / n, 100.0 * h5 / n
 
 
+@torch.no_grad()
+def predict(heads: LinearHeads, x: torch.Tensor, head: int, chunk: int = 8192) -> torch.Tensor:
+    """Top-1 class of each row of ``x`` (N, D) by head ``head``: (N,) int64."""
+    return torch.cat([heads.logits(x[s:s + chunk])[:, head].argmax(-1).cpu()
+                      for s in range(0, x.shape[0], chunk)])
+
+
 @contextlib.contextmanager
 def _threads_for(flops_per_step: float, device):
     """One CPU thread for tiny steps: below ~5 MFLOP a step is a string of small ops whose
@@ -248,7 +255,10 @@ def cached_probe(train_features: torch.Tensor, train_labels: torch.Tensor,
         head = 0
     else:
         final, head = heads, best
-    t1, t5 = final.accuracy(norm(test_features).to(device), test_labels.long().to(device))
+    test_x = norm(test_features).to(device)
+    t1, t5 = final.accuracy(test_x, test_labels.long().to(device))
+    per_class = per_class_accuracy(*class_hits(predict(final, test_x, head), test_labels,
+                                               num_classes))
     refit_s = time.perf_counter() - t_refit
     return {"mode": "cached", "linear_top1": float(t1[head]), "linear_top5": float(t5[head]),
             "table": table, "selected": {"lr": lr, "wd": wd,
@@ -256,6 +266,6 @@ def cached_probe(train_features: torch.Tensor, train_labels: torch.Tensor,
             "refit": refit, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
             "schedule": cfg.schedule, "normalisation": "standardise",
             "num_fit": int(fit_x.shape[0]), "num_val": int(val_idx.numel()),
-            "aug_copies": len(aug_features),
+            "aug_copies": len(aug_features), "per_class": per_class,
             "timings": {"grid_s": grid_s, "refit_and_test_s": refit_s,
                         "total_s": time.perf_counter() - t0}}

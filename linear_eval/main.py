@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from linear_eval.cached import cached_probe
+from linear_eval.common import class_hits, group_accuracy, per_class_accuracy, shot_groups
 from linear_eval.report import (log_results, merge_results, now, print_result, result_key,
                                 write_json_atomic, writers)
 from linear_eval.setup import Setup, data_source, prepare, probe_train_source, shard_source
@@ -25,7 +26,7 @@ from linear_eval.standard import standard_probe
 from sslkit import distributed as dist
 from sslkit.errors import UserError
 from sslkit.features import extract_features
-from sslkit.knn import knn_evaluate
+from sslkit.knn import knn_evaluate, knn_predict
 
 
 def features(s: Setup, ds, transform, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,13 +42,32 @@ def features(s: Setup, ds, transform, desc: str) -> tuple[torch.Tensor, torch.Te
 def knn_sweep(s: Setup, ftrain: torch.Tensor, ytrain: torch.Tensor, ftest: torch.Tensor,
               ytest: torch.Tensor) -> tuple[list[dict], dict]:
     """kNN over eval.knn_ks x eval.knn_ts (plus the headline k, T) from one search; returns
-    (the sweep, the headline row)."""
+    (the sweep, the headline row with its per-class top-1 as ``per_class``)."""
     ev = s.cfg.eval
     ks = sorted(set(ev.knn_ks) | {ev.knn_k})
     ts = sorted(set(ev.knn_ts) | {ev.knn_t})
     sweep = [r.as_dict() for r in knn_evaluate(ftrain.to(s.device), ytrain, ftest.to(s.device),
                                                ytest, s.num_classes, ks, ts)]
-    return sweep, next(r for r in sweep if r["k"] == ev.knn_k and r["t"] == ev.knn_t)
+    head = dict(next(r for r in sweep if r["k"] == ev.knn_k and r["t"] == ev.knn_t))
+    scores = knn_predict(ftrain, ytrain, ftest, s.num_classes, ev.knn_k, ev.knn_t)
+    head["per_class"] = per_class_accuracy(*class_hits(scores.argmax(1), ytest, s.num_classes))
+    return sweep, head
+
+
+def per_class_report(s: Setup, ytrain: torch.Tensor, head: dict, probe: dict) -> dict:
+    """``per_class`` (class names, training counts, kNN and linear top-1 per class) and, for a
+    long-tailed training split, the many / medium / few-shot group accuracies."""
+    counts = torch.bincount(ytrain[ytrain >= 0], minlength=s.num_classes).tolist()
+    names = list(getattr(s.train_ds, "classes", None) or range(s.num_classes))
+    out = {"per_class": {"classes": [str(n) for n in names], "train_counts": counts,
+                         "knn": head["per_class"], "linear": probe["per_class"]}}
+    if s.cfg.data.long_tail is not None:
+        many, few = s.cfg.eval.shot_groups
+        for group, classes in shot_groups(counts, many, few).items():
+            out[group] = {"knn": group_accuracy(head["per_class"], classes),
+                          "linear": group_accuracy(probe["per_class"], classes),
+                          "classes": [str(names[c]) for c in classes]}
+    return out
 
 
 def linear_probe(s: Setup, ftrain: torch.Tensor, ytrain: torch.Tensor, ftest: torch.Tensor,
@@ -112,6 +132,7 @@ def _run(checkpoint, config_path, overrides, baseline, output) -> dict:
         timings["probe_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - t_start
         result = _result(s, checkpoint, baseline, probe, sweep, head, ftrain, ftest, timings)
+        result.update(per_class_report(s, ytrain, head, probe))
         if main:
             embedded = log_results(probe_w, final_w, result, s.test_ds, ftest, ytest,
                                    ev.embedding_samples, s.eval_tf, cfg.run.seed)

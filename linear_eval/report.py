@@ -3,7 +3,11 @@
 ``eval.json`` (written atomically, by rank 0 only) holds at the top level the evaluation just
 made: ``linear_top1``, ``linear_top5``, ``knn_top1``, ``knn_top5`` (percent), ``mode``, ``knn``
 (the k x T sweep), ``probe`` (per-(lr, wd) table, selection, history), ``checkpoint``,
-``baseline``, ``dataset``, ``backbone``, ``timings``, ``config``. Its ``results`` keeps one
+``baseline``, ``dataset``, ``backbone``, ``timings``, ``config``, ``per_class`` (class names,
+training counts, kNN and linear top-1 per class) and, for a long-tailed training split
+(``data.long_tail``), ``many`` / ``medium`` / ``few`` (the mean per-class top-1 of the classes
+with more than ``eval.shot_groups[0]`` training images, between, and fewer than
+``eval.shot_groups[1]``). Its ``results`` keeps one
 entry per evaluation kind, so that no evaluation overwrites another: the key is the probe
 mode, followed by the ``--set`` overrides that change what is measured (e.g. ``cached`` and
 ``cached data.mean=[0] data.std=[1]``); an entry holds the four accuracies, the probe's
@@ -71,6 +75,9 @@ def merge_results(path: Path, result: dict, key: str) -> dict:
     results[key] = {name: result[name] for name in ("linear_top1", "linear_top5", "knn_top1",
                                                       "knn_top5", "mode", "created")}
     results[key]["selected"] = result["probe"].get("selected")
+    for group in ("many", "medium", "few"):
+        if group in result:
+            results[key][group] = {k: result[group][k] for k in ("knn", "linear")}
     return {**result, "results": results}
 
 
@@ -135,6 +142,14 @@ def log_results(probe_writer, final_writer, result: dict, ds, ftest: torch.Tenso
                            "diverged") if probe["table"] and c in probe["table"][0]]
     probe_writer.add_text(f"{TB_EVAL}/probe_grid", _table(probe["table"], columns), 0)
     probe_writer.add_text(f"{TB_EVAL}/knn_sweep", _table(result["knn"], ["k", "t", "top1", "top5"]), 0)
+    pc = result["per_class"]
+    rows = [{"class": c, "train images": n, "knn top-1": k, "linear top-1": lin}
+            for c, n, k, lin in zip(pc["classes"], pc["train_counts"], pc["knn"], pc["linear"])]
+    probe_writer.add_text(f"{TB_EVAL}/per_class", _table(rows, list(rows[0])), 0)
+    for group in ("many", "medium", "few"):
+        if group in result and final_writer is not None:
+            for kind in ("knn", "linear"):
+                final_writer.add_scalar(f"{TB_EVAL}/{group}_shot_{kind}", result[group][kind], 0)
     return log_embedding(probe_writer, ds, ftest, ytest, samples, eval_tf, seed)
 
 
@@ -147,6 +162,9 @@ def print_result(result: dict, path: Path, tensorboard: bool) -> None:
           f"{best['top1']:.2f})")
     print(f"  linear ({ev['mode']}, lr={sel['lr']:g}, wd={sel['wd']:g}, {ev['epochs']} epochs): "
           f"top-1 {probe['linear_top1']:.2f}  top-5 {probe['linear_top5']:.2f}")
+    if "few" in result:
+        print("  " + "   ".join(f"{g}-shot: kNN {result[g]['knn']:.2f} linear "
+                                f"{result[g]['linear']:.2f}" for g in ("many", "medium", "few")))
     print(f"  wrote {path}" + (f"; TensorBoard: {path.parent / 'tb'}" if tensorboard else "")
           + f"  ({result['timings']['total_s']:.1f} s)", flush=True)
 

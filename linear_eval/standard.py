@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from linear_eval.common import log_scalar, lr_at_epoch, percent
+from linear_eval.common import (class_hits, log_scalar, lr_at_epoch, per_class_accuracy,
+                               percent)
 from linear_eval.sharding import rank_rows
 from sslkit import distributed as dist
 from sslkit.config import EvalConfig
@@ -117,23 +118,30 @@ def _train_epoch(fc: nn.Module, opt: torch.optim.Optimizer, backbone: nn.Module,
 
 @torch.no_grad()
 def _evaluate(fc: nn.Module, backbone: nn.Module, test_data, batch_size: int,
-              transform: nn.Module, device: torch.device, precision: str
-              ) -> tuple[int, int, int]:
-    """(top-1 hits, top-5 hits, count) of the probe on the test view, over all processes
-    (each evaluates the test data it was given; the counts are summed)."""
+              transform: nn.Module, device: torch.device, precision: str, num_classes: int
+              ) -> tuple[int, int, int, list[float]]:
+    """(top-1 hits, top-5 hits, count, per-class top-1 %) of the probe on the test view, over
+    all processes (each evaluates the test data it was given; the counts are summed)."""
     h1 = h5 = n = 0
+    correct = torch.zeros(num_classes, dtype=torch.long)
+    count = torch.zeros(num_classes, dtype=torch.long)
     fc.eval()
     for images, labels in iterate_batches(test_data, batch_size):
         x = transform(images.to(device, non_blocking=True))
         with autocast(device, precision):
             f = backbone(x)
         logits = fc(f.flatten(1).float())
-        a, b = topk_correct(logits, torch.as_tensor(labels).long())
+        y = torch.as_tensor(labels).long()
+        a, b = topk_correct(logits, y)
         h1, h5, n = h1 + a, h5 + b, n + logits.shape[0]
+        c, k = class_hits(logits.argmax(1), y, num_classes)
+        correct, count = correct + c, count + k
     if dist.get_world_size() > 1:
-        total = dist.all_reduce_sum(torch.tensor([h1, h5, n], device=device))
-        h1, h5, n = (int(v) for v in total)
-    return h1, h5, n
+        total = dist.all_reduce_sum(torch.cat([torch.tensor([h1, h5, n]), correct, count])
+                                    .to(device)).cpu()
+        h1, h5, n = (int(v) for v in total[:3])
+        correct, count = total[3:3 + num_classes], total[3 + num_classes:]
+    return h1, h5, n, per_class_accuracy(correct, count)
 
 
 def _epoch_row(epoch: int, lr: float, sums: tuple[float, int, int], device: torch.device,
@@ -196,8 +204,8 @@ def standard_probe(backbone: nn.Module, feat_dim: int, num_classes: int,
         bar.close()
     train_s = time.perf_counter() - t_train
     t_eval = time.perf_counter()
-    h1, h5, n = _evaluate(fc, backbone, test_data, cfg.batch_size, test_transform, device,
-                          precision)
+    h1, h5, n, per_class = _evaluate(fc, backbone, test_data, cfg.batch_size, test_transform,
+                                     device, precision, num_classes)
     eval_s = time.perf_counter() - t_eval
     check_unchanged(backbone, reference)
     top1, top5 = percent(h1, n), percent(h5, n)
@@ -206,7 +214,7 @@ def standard_probe(backbone: nn.Module, feat_dim: int, num_classes: int,
     return {"mode": "standard", "linear_top1": top1, "linear_top5": top5, "table": [row],
             "selected": {"lr": cfg.lr, "wd": cfg.weight_decay}, "effective_lr": lr0,
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "schedule": cfg.schedule,
-            "history": history,
+            "history": history, "per_class": per_class,
             "timings": {"train_s": train_s, "test_s": eval_s,
                         "total_s": time.perf_counter() - t0,
                         "train_img_per_s": seen / train_s if train_s > 0 else math.nan}}

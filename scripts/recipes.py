@@ -97,6 +97,7 @@ class Resolved:
 # Behaviour fixed by sslkit's code rather than by a config key (the module says where).
 SSLKIT_EMA_UPDATE = "after the optimizer step"              # sslkit/engine.py Trainer._step
 SSLKIT_BF_LOSS = "mean of the plain and BatchFormer streams, plain keys"  # methods/base.py
+SSLKIT_BF_LOSS_BOTH = "mean of the 4 query x key stream pairings"  # batchformer.keys: both
 SSLKIT_KNN_FEATURES = "backbone output"                      # sslkit/engine.py knn_monitor
 SSLKIT_PROBE_LR_RULE = "linear"                              # linear_eval/standard.py
 
@@ -174,8 +175,35 @@ def _schedule(r: Resolved) -> tuple:
     return (o.schedule, "step" if moves else "epoch", o.min_lr)
 
 
+def _bf_module(r: Resolved) -> nn.Module:
+    """The BatchFormer (v1), or the first of BatchFormerV2's token-level modules."""
+    bf = r.model.batchformer
+    return bf.blocks[0] if hasattr(bf, "blocks") else bf
+
+
+def _bf_place(r: Resolved) -> str:
+    bf, b = r.model.batchformer, r.cfg.batchformer
+    if not hasattr(bf, "blocks"):
+        return "between the pooled backbone features and the projector"
+    depth = len(r.model.backbone.encoder.layers)
+    return (f"on every token after block(s) {list(bf.insert_after)} of {depth}, "
+            f"{'one shared module' if b.shared else 'one module per point'}")
+
+
+def _bf_optim(r: Resolved) -> str:
+    b = r.cfg.batchformer
+    wd = r.cfg.optim.weight_decay if b.weight_decay is None else b.weight_decay
+    if b.lr_scale == 1 and wd == r.cfg.optim.weight_decay:
+        return "the optimizer's LR and weight decay"
+    return f"LR x {b.lr_scale:g}, weight decay {wd:g}"
+
+
+def _bf_loss(r: Resolved) -> str:
+    return SSLKIT_BF_LOSS if r.cfg.batchformer.keys == "plain" else SSLKIT_BF_LOSS_BOTH
+
+
 def _bf_layer(r: Resolved) -> str:
-    layers = r.model.batchformer.encoder.layers
+    layers = _bf_module(r).encoder.layers
     lay = layers[0]
     act = "ReLU" if lay.activation_relu_or_gelu == 1 else "GELU"
     return (f"{len(layers)} x TransformerEncoderLayer(d={lay.self_attn.embed_dim}, "
@@ -299,11 +327,13 @@ PARAMS: list[Param] = [
     Param("bn", "BatchNorm across the batch", _bn_kind),
     # BatchFormer
     Param("bf_layer", "BatchFormer layer", _bf_layer, _bf),
+    Param("bf_place", "BatchFormer position", _bf_place, _bf),
+    Param("bf_optim", "BatchFormer parameter group", _bf_optim, _bf),
     Param("bf_scope", "BatchFormer attends over", lambda r: (
         "the per-process batch" if r.cfg.batchformer.scope == "local"
         else "the gathered global batch"), _bf),
     Param("bf_training", "BatchFormer training", _bf_training, _bf),
-    Param("bf_loss", "BatchFormer loss", lambda r: SSLKIT_BF_LOSS, _bf),
+    Param("bf_loss", "BatchFormer loss", _bf_loss, _bf),
     # optimisation
     Param("optimizer", "optimizer", _optimizer),
     Param("lr_rule", "base LR and scaling rule", lambda r: (r.cfg.optim.lr, r.cfg.optim.lr_scaling),
@@ -618,10 +648,49 @@ def _bf_official(dim: int, v3: bool) -> dict[str, Official]:
         "bf_layer": Official(layer, src, "`TransformerEncoderLayer(dim, 4, dim, 0.5)` at the head "
                              "of the projector, i.e. between the pooled backbone features and "
                              "the projector; d = the backbone's feature dim"),
+        "bf_place": Official("between the pooled backbone features and the projector", src),
+        "bf_optim": Official("the optimizer's LR and weight decay", src,
+                             "one optimizer group over `model.parameters()`"),
         "bf_scope": Official("the per-process batch", src, "each GPU's batch as one sequence"),
         "bf_training": Official(training, src),
         "bf_loss": Official(loss, src),
     }
+
+
+def _bfv2_official() -> dict[str, Official]:
+    """BatchFormerV2's settings in the authors' DeiT code (zhihou7/BatchFormer
+    batchformer-v2/deit_share): there is no published self-supervised BatchFormerV2."""
+    src = f"{BF} batchformer-v2/deit_share"
+    return {
+        "bf_layer": Official("1 x TransformerEncoderLayer(d=384, heads=4, ffn=384, dropout=0.5, "
+                             "ReLU, post-norm)", f"{src} bt.py",
+                             "`TransformerEncoderLayer(dim, 4, dim, 0.5)`, fed (B, L, C) in "
+                             "non-batch-first layout: each token position attends across the "
+                             "batch"),
+        "bf_place": Official("on every token after block(s) [8] of 12, one shared module",
+                             f"{src} README.md, main.py", "`--insert_idx 8`, `--shared_bt 1`; "
+                             "the DETR version's two streams (the DeiT version never doubles "
+                             "the batch: a bug)"),
+        "bf_optim": Official("LR x 0.5, weight decay 0", f"{src} README.md, optimizer.py",
+                             "`--bt_lr 0.5`; its own group (the code applies it only with "
+                             "`--bt_decay` > 0)"),
+        "bf_scope": Official("the per-process batch", f"{src} bt.py"),
+        "bf_training": Official("trained (supervised DeiT: no momentum encoder)", f"{src} main.py"),
+        "bf_loss": Official("cross-entropy of both streams against the duplicated labels",
+                            f"{src} engine.py"),
+    }
+
+
+_BFV2_DELIBERATE = {
+    "bf_training": Deliberate("trained; not in the momentum encoder", (
+        "The authors' BatchFormerV2 is supervised (DeiT) and their MoCo code covers ResNets "
+        "with the pooled-feature BatchFormer only; sslkit applies BatchFormerV2 to MoCo-v3's "
+        "online ViT, trained, and keeps MoCo-v3's momentum encoder, as its v1 recipes do.")),
+    "bf_loss": Deliberate(SSLKIT_BF_LOSS, (
+        "There are no labels to duplicate in self-supervised learning: each stream's queries "
+        "are paired with the plain momentum keys, and the loss is the mean of the two streams' "
+        "MoCo-v3 losses (MoCo-v3's scale, so the LR recipe holds).")),
+}
 
 
 # --------------------------------------------------------------------------- deliberate differences
@@ -801,6 +870,12 @@ RECIPES: dict[str, Recipe] = {r.config: r for r in [
     Recipe("imagenet_mocov3_vits_300ep", "MoCo-v3, ViT-Small, 300 epochs (facebookresearch/moco-v3 "
            "CONFIG.md, the 4-node command with batch 4096).",
            MOCOV3_VITS, _V3_IN_DELIBERATE, _V3_IN_NOTES),
+    Recipe("imagenet_mocov3_vits_300ep_bfv2", "MoCo-v3, ViT-Small, 300 epochs, plus "
+           "BatchFormerV2 with the authors' DeiT placement and optimizer settings "
+           "(zhihou7/BatchFormer batchformer-v2/deit_share; no self-supervised BatchFormerV2 "
+           "is published).",
+           {**MOCOV3_VITS, **_bfv2_official()}, {**_V3_IN_DELIBERATE, **_BFV2_DELIBERATE},
+           _V3_IN_NOTES),
     Recipe("cifar10_mocov2", "The MoCo CIFAR-10 demo (facebookresearch/moco, branch "
            "colab-notebook, colab/moco_cifar10_demo.ipynb), asymmetric loss, 200 epochs.",
            MOCOV2_CIFAR, _COLAB_DELIBERATE, _COLAB_NOTES),

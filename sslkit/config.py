@@ -72,6 +72,10 @@ class DataConfig:
     channels: Literal[1, 3] = _f(3, help="1 or 3; grayscale data is repeated to 3 when 3")
     download: bool = _f(False)
     subset: Union[int, float, None] = _f(None, gt=0, help="count (int) or fraction (0,1]")
+    long_tail: Optional[float] = _f(None, ge=1, help="imbalance ratio r of a long-tailed "
+                                    "training set (null: off): class i of the sorted classes "
+                                    "keeps floor(n_max r^(-i/(C-1))) images (Cao et al. 2019); "
+                                    "the test split stays whole")
     num_workers: int = _f(2, ge=0)
     class_list: Optional[str] = _f(None, help="imagefolder: file naming the classes to use")
     skip_corrupt: bool = _f(False, help="imagefolder: skip undecodable images (logs a count)")
@@ -157,6 +161,11 @@ class BatchFormerConfig:
                          "multiple of the optimizer's LR")
     weight_decay: Optional[float] = _f(None, ge=0, help="weight decay of the BatchFormer's "
                                        "parameter group (null: optim.weight_decay)")
+    keys: Literal["plain", "both"] = _f(
+        "plain", help="plain: the momentum keys have no BatchFormer and are the positives of "
+        "both query streams; both: the authors' scheme, the momentum branch also passes its "
+        "features through the same BatchFormer (no gradient), the loss averages the 4 query x "
+        "key stream pairings and MoCo-v2 enqueues both key streams")
 
 
 @dataclass(frozen=True)
@@ -205,6 +214,13 @@ class EvalConfig:
     knn_every: int = _f(1, ge=0, help="epochs between online kNN (0: off)")
     knn_bank_size: Optional[int] = _f(None, ge=1, help="online kNN: train images in the bank")
     embedding_samples: int = _f(500, ge=0, help="TensorBoard projector samples (0: off)")
+    shot_groups: list[int] = _f([100, 20], ge=0, length=2, help="many-shot classes have more "
+                                "than the first number of training images, few-shot fewer "
+                                "than the second (Liu et al. 2019); medium between")
+    online_probe: bool = _f(False, help="train a linear head on the detached backbone "
+                            "features of each training batch (its own optimizer; no effect "
+                            "on the backbone); metrics keys probe_*")
+    online_probe_lr: float = _f(0.1, gt=0, help="the online probe's SGD LR (batch 256)")
 
 
 @dataclass(frozen=True)
@@ -599,10 +615,17 @@ def validate(cfg: Config) -> None:
         if not _is_vit(cfg):
             raise v2_needs_vit(cfg.model.backbone)
         insertion_points(cfg.batchformer.insert_after, cfg.model.vit_depth or VIT_DEPTH)
+    if cfg.batchformer.keys == "both" and not cfg.batchformer.enabled:
+        raise ConfigError("batchformer.keys=both passes the keys through the BatchFormer; set "
+                          "batchformer.enabled=true, or batchformer.keys=plain")
     if cfg.method.name == "mocov2" and cfg.method.queue_size is not None:
         sym = cfg.method.symmetric
-        check_queue_size(cfg.method.queue_size, cfg.train.batch_size * (2 if sym else 1),
-                         "train.batch_size" + (" x 2 (symmetric)" if sym else ""))
+        streams = 2 if cfg.batchformer.enabled and cfg.batchformer.keys == "both" else 1
+        check_queue_size(cfg.method.queue_size,
+                         cfg.train.batch_size * (2 if sym else 1) * streams,
+                         "train.batch_size" + (" x 2 (symmetric)" if sym else "")
+                         + (" x 2 (batchformer.keys=both enqueues both key streams)"
+                            if streams == 2 else ""))
     if cfg.method.name == "mocov2" and cfg.method.shuffle_bn and cfg.method.bn_splits > 1:
         check_bn_splits(cfg.train.batch_size, cfg.method.bn_splits)
     if cfg.data.mean is not None and len(cfg.data.mean) not in (1, cfg.data.channels):
@@ -617,6 +640,9 @@ def validate(cfg: Config) -> None:
                           f"original image; it needs data.name=imagefolder and "
                           f"data.crop_from=original (got {cfg.data.name}, "
                           f"{cfg.data.crop_from}); or set data.decode_device=cpu")
+    if cfg.eval.shot_groups[0] < cfg.eval.shot_groups[1]:
+        raise ConfigError(f"eval.shot_groups={_show(cfg.eval.shot_groups)} is invalid: give "
+                          f"[many-shot above, few-shot below] with the first >= the second")
     if isinstance(cfg.data.subset, float) and cfg.data.subset > 1:
         raise ConfigError(f"data.subset={cfg.data.subset} is invalid: a fraction must be in "
                           f"(0, 1], a count must be an integer")

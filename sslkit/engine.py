@@ -22,15 +22,16 @@ from sslkit.augment import augmentation_grid, eval_transform_from_config
 from sslkit.checkpoint import load_checkpoint_with_fallback, load_into, save_atomic
 from sslkit.config import Config, save as save_config
 from sslkit.data import build_loader, dataset_from_config
-from sslkit.errors import ConfigError, UserError
+from sslkit.errors import CheckpointError, ConfigError, UserError
 from sslkit.export import backbone_state_dict
 from sslkit.features import extract_features
 from sslkit.knn import knn_accuracy
 from sslkit.methods import build_method
-from sslkit.metrics import TB_KNN, TB_TRAIN, MetricsLog, Progress, Summary, print_summary
+from sslkit.metrics import TB_ONLINE, TB_TRAIN, MetricsLog, Progress, Summary, print_summary
+from sslkit.online_probe import OnlineProbe
 from sslkit.optim import build_optimizer, build_scheduler, cosine_momentum
 from sslkit.pipeline import build_pretrain_input
-from sslkit.resolved import resolved
+from sslkit.resolved import feature_dim, resolved
 from sslkit.rundir import check_run_dir, clear_run_dir, compare_resume_config
 from sslkit.runtime import (autocast, configure_cpu, fork_rng, params_finite, resolve_device,
                             resolve_precision, rng_state, seed_everything, set_rng_state)
@@ -126,6 +127,14 @@ class Trainer:
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(method, device_ids=ids)
+        self.probe = None
+        if cfg.eval.online_probe:
+            classes = int(getattr(self.train_set, "num_classes", 0) or 0)
+            if classes < 2:
+                raise ConfigError("eval.online_probe needs labelled training images (class "
+                                  "folders); set eval.online_probe=false")
+            self.probe = OnlineProbe(feature_dim(cfg), classes, cfg.eval.online_probe_lr,
+                                     cfg.train.batch_size, self.device, seed=cfg.run.seed)
         self.optimizer = build_optimizer(method, cfg.optim, cfg.train.batch_size)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps,
                                          self.steps_per_epoch)
@@ -143,9 +152,16 @@ class Trainer:
         if self.main and notes:
             print("note: resuming with changed keys: " + "; ".join(notes), flush=True)
         load_into(self.method, ckpt["model"], str(source), what="method")
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as e:  # e.g. another grouping of the parameters
+            raise CheckpointError(f"cannot resume from '{source}': its optimizer state does not "
+                                  f"fit this run's optimizer ({e}); it was written by another "
+                                  f"sslkit version or recipe: start a new run") from None
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
+        if self.probe is not None and "online_probe" in ckpt:
+            self.probe.load_state_dict(ckpt["online_probe"])
         self.start_step = int(ckpt["step"])
         self.skipped = int(ckpt.get("skipped_steps", 0))
         rngs = ckpt["rng"]
@@ -164,7 +180,8 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": step // self.steps_per_epoch, "step": step,
                 "data": {"steps_per_epoch": self.steps_per_epoch, "seed": self.cfg.run.seed},
-                "skipped_steps": self.skipped, "config": self.cfg.to_dict(), "rng": rngs}
+                "skipped_steps": self.skipped, "config": self.cfg.to_dict(), "rng": rngs,
+                **({"online_probe": self.probe.state_dict()} if self.probe is not None else {})}
 
     def save_checkpoint(self, step: int) -> None:
         if not params_finite(self.method):
@@ -198,7 +215,10 @@ class Trainer:
         num_classes = int(max(yb.max(), yt.max())) + 1
         top1, top5 = knn_accuracy(fb, yb, ft, yt, num_classes, k=cfg.eval.knn_k,
                                   temperature=cfg.eval.knn_t)
-        return {"knn_top1": round(top1, 3), "knn_top5": round(top5, 3)}
+        out = {"knn_top1": round(top1, 3), "knn_top5": round(top5, 3)}
+        if self.probe is not None:  # the online probe on the same test features
+            out["probe_test_top1"] = self.probe.accuracy(ft, yt)
+        return out
 
     def aug_grid(self, log: MetricsLog, step: int) -> None:
         """Eight training images and their two views (the preview's grid) in TensorBoard."""
@@ -266,7 +286,7 @@ class Trainer:
             self.sampler.set_epoch(epoch)
             self.sampler.set_start(offset, self.local_batch)
             for images, labels in self.input.loader:
-                result = self._step(images, step)
+                result = self._step(images, labels, step)
                 step += 1
                 n_log += labels.shape[0] * self.world
                 last_loss = result.loss
@@ -283,8 +303,9 @@ class Trainer:
                     return step, last_loss, knn
         return step, last_loss, knn
 
-    def _step(self, images: torch.Tensor, step: int) -> StepResult:
-        """One optimizer step on a batch of uint8 images (``step`` steps done before it).
+    def _step(self, images, labels: torch.Tensor, step: int) -> StepResult:
+        """One optimizer step on a batch of uint8 images (``step`` steps done before it);
+        the labels serve the online probe only.
 
         A non-finite loss stops the run (``train.nan_policy: stop``) or skips the step
         (``skip``). The forward pass has already written the batch into the method's buffers
@@ -321,6 +342,8 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.method.parameters(), cfg.optim.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.probe is not None:
+                self.probe.step(self.method.features, labels)
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         m = (cosine_momentum(step, self.total_steps, cfg.method.momentum)
@@ -347,11 +370,15 @@ class Trainer:
         cfg = self.cfg
         ep = math.ceil(step / self.steps_per_epoch)
         knn = None
+        if self.probe is not None:
+            stats = self.probe.epoch_stats()  # collective under DDP: every rank takes part
+            if stats:
+                log.write({"step": step, "epoch": ep, **stats}, TB_ONLINE)
         if self.knn_sets is not None and cfg.eval.knn_every and (
                 ep % cfg.eval.knn_every == 0 or step == self.total_steps):
             if self.main:
                 knn = self.knn_monitor()
-                log.write({"step": step, "epoch": ep, **knn}, TB_KNN)
+                log.write({"step": step, "epoch": ep, **knn}, TB_ONLINE)
                 bar.write(f"epoch {ep}: kNN top-1 {knn['knn_top1']:.2f}%")
             dist_utils.barrier()
             self.method.train()

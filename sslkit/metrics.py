@@ -6,7 +6,8 @@ one plain line per ``run.log_every_steps`` steps with step, epoch, loss, LR, img
 and no carriage returns. A terminal that reports 0 columns gets a fixed width of 100.
 
 TensorBoard groups are numbered so that they sort in reading order: ``1_train`` (the
-training curves), ``2_knn`` (the online kNN), ``3_eval`` (run_lincls's results).
+training curves), ``2_online`` (the online kNN and linear probe), ``3_eval``
+(run_lincls's results).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 from tqdm import tqdm
 
-TB_TRAIN, TB_KNN, TB_EVAL = "1_train", "2_knn", "3_eval"
+TB_TRAIN, TB_ONLINE, TB_EVAL = "1_train", "2_online", "3_eval"
 
 
 def is_terminal(stream: IO) -> bool:
@@ -141,7 +142,7 @@ class MetricsLog:
             self.tb.close()
 
 
-HPARAM_METRICS = (f"{TB_TRAIN}/loss", f"{TB_KNN}/knn_top1", f"{TB_EVAL}/knn_top1",
+HPARAM_METRICS = (f"{TB_TRAIN}/loss", f"{TB_ONLINE}/knn_top1", f"{TB_EVAL}/knn_top1",
                   f"{TB_EVAL}/linear_top1")
 
 

@@ -6,7 +6,7 @@ Filled here (each from the function that decides it): the input normalisation
 resize (``data.load_size``), every augmentation parameter of the preset
 (:func:`sslkit.augment.resolve_params`), the ResNet stem's max-pool and the ViT depth, the
 MoCo-v2 projector's hidden width and the BatchFormer's feed-forward width (the backbone's
-feature dimension). Nulls that mean "off" or "no limit" (``train.max_steps``,
+feature dimension), the BatchFormer's weight decay and BatchFormerV2's insertion points. Nulls that mean "off" or "no limit" (``train.max_steps``,
 ``eval.knn_bank_size``, ``data.subset``, ``optim.grad_clip``, ...) and ``run.num_threads``
 (the machine's default) stay null. Loading the result gives the same run.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from sslkit.augment import OVERRIDE_KEYS, resolve_params
-from sslkit.config import Config, resolved_preset
+from sslkit.config import VIT_DEPTH, Config, insertion_points, resolved_preset
 from sslkit.data.info import normalization, resize_side
 from sslkit.models.backbones import backbone_from_config
 
@@ -55,9 +55,15 @@ def resolved(cfg: Config) -> Config:
     method = m
     if m.name == "mocov2" and m.proj_hidden_dim is None:
         method = dataclasses.replace(m, proj_hidden_dim=dim)
-    batchformer = bf
+    fill_bf = {}
     if bf.enabled and bf.ffn_dim is None:
-        batchformer = dataclasses.replace(bf, ffn_dim=dim)
+        fill_bf["ffn_dim"] = dim
+    if bf.enabled and bf.weight_decay is None:
+        fill_bf["weight_decay"] = cfg.optim.weight_decay
+    if bf.enabled and bf.version == "v2" and bf.insert_after is None:
+        fill_bf["insert_after"] = insertion_points(None, fill_model.get("vit_depth")
+                                                   or model.vit_depth or VIT_DEPTH)
+    batchformer = dataclasses.replace(bf, **fill_bf)
     return dataclasses.replace(cfg, data=data, augment=augment, method=method,
                                batchformer=batchformer,
                                model=dataclasses.replace(model, **fill_model))

@@ -453,3 +453,36 @@ def test_fashion_mnist_prefers_local_files_to_a_download(tmp_path, no_debian, mo
     monkeypatch.setattr(data.formats.torchvision.datasets, "FashionMNIST", no_network)
     ds = build_dataset("fashion_mnist", str(tmp_path), "train", download=True)
     assert len(ds) == 12
+
+
+# --------------------------------------------------------------------------- long tail
+def test_long_tail_profile_exact_counts():
+    """CIFAR-10-LT and CIFAR-100-LT at r = 100 (Cao et al. 2019): the published class counts
+    (5000, 2997, 1796, ..., 50: 12,406 images; CIFAR-100-LT: 10,847)."""
+    from sslkit.data.datasets import long_tail_counts
+
+    assert long_tail_counts([5000] * 10, 100) == [5000, 2997, 1796, 1077, 645, 387, 232, 139,
+                                                  83, 50]
+    assert sum(long_tail_counts([500] * 100, 100)) == 10847
+    assert long_tail_counts([5000] * 10, 10)[-1] == 500 and long_tail_counts([7, 3], 1) == [7, 3]
+
+
+def test_long_tail_split_is_seeded_balanced_test_and_composes_with_subset():
+    cfg = config_mod.build({}, ["data.name=synthetic", "data.synthetic_train=400",
+                                "data.synthetic_test=100", "data.synthetic_classes=4",
+                                "data.image_size=8", "data.long_tail=10"])
+    pre = dataset_from_config(cfg.data, "pretrain", seed=3)
+    train = dataset_from_config(cfg.data, "train", seed=3)
+    test = dataset_from_config(cfg.data, "test", seed=3)
+    counts = torch.bincount(pre.labels, minlength=4).tolist()
+    assert counts == [100, 46, 21, 10]  # 100 x 10^(-i/3), floored
+    assert torch.equal(pre.images, train.images)  # the probe trains on the pretraining set
+    assert torch.bincount(test.labels).tolist() == [25, 25, 25, 25]  # the test stays whole
+    again = dataset_from_config(cfg.data, "pretrain", seed=3)
+    other = dataset_from_config(cfg.data, "pretrain", seed=4)
+    assert torch.equal(pre.images, again.images) and not torch.equal(pre.images, other.images)
+    half = config_mod.build({}, ["data.name=synthetic", "data.synthetic_train=400",
+                                 "data.synthetic_classes=4", "data.image_size=8",
+                                 "data.long_tail=10", "data.subset=0.5"])
+    sub = dataset_from_config(half.data, "pretrain", seed=3)
+    assert torch.bincount(sub.labels, minlength=4).tolist() == [50, 23, 10, 5]

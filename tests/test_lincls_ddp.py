@@ -139,3 +139,26 @@ def test_results_are_kept_per_evaluation_and_tensorboard_is_replaced(tiny_run):
     lincls = tiny_run / "tb" / "lincls"
     assert len(list(lincls.glob("events.out.tfevents.*"))) == 1  # the last evaluation only
     assert len(list((tiny_run / "tb").glob("*.sslkit-eval"))) == 1
+
+
+def test_long_tailed_eval_reports_per_class_and_shot_groups(tmp_path):
+    """A long-tailed probe split: eval.json carries per-class accuracy (which averages back to
+    the headline numbers on the balanced test set) and many / medium / few groups."""
+    import math
+
+    from helpers_tiny import make_tiny_run
+    from linear_eval.main import run_lincls
+
+    run = make_tiny_run(tmp_path / "run")
+    d = run_lincls(checkpoint=str(run / "backbone.pt"),
+                   overrides=["eval.mode=cached", "data.long_tail=8", "eval.shot_groups=[20,8]"])
+    pc = d["per_class"]
+    assert pc["train_counts"] == [24, 12, 6, 3]  # 24 x 8^(-i/3) of the 96 synthetic images
+    assert len(pc["knn"]) == len(pc["linear"]) == 4 and pc["classes"][0] == "class 0"
+    # the test set is balanced (12 per class): the per-class mean is the overall top-1
+    assert sum(pc["knn"]) / 4 == pytest.approx(d["knn_top1"])
+    assert sum(pc["linear"]) / 4 == pytest.approx(d["linear_top1"])
+    assert d["many"]["classes"] == ["class 0"] and d["few"]["classes"] == ["class 2", "class 3"]
+    assert d["few"]["linear"] == pytest.approx((pc["linear"][2] + pc["linear"][3]) / 2)
+    assert d["medium"]["classes"] == ["class 1"] and not math.isnan(d["medium"]["knn"])
+    assert d["results"]["cached data.long_tail=8 eval.shot_groups=[20,8]"]["few"]

@@ -363,7 +363,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
     # ... and with batch-statistics BN the shuffled keys differ from local-batch keys
     v2m.momentum_backbone.train()
     v2m.momentum_projector.train()
-    result["shuffled"] = not torch.allclose(v2m._keys(v2[local]), _expected_keys(v2m, v2[local]))
+    result["shuffled"] = not torch.allclose(v2m._keys(v2[local])[0], _expected_keys(v2m, v2[local]))
     # MoCo-v3: labels offset by rank*N (eval mode: per-sample deterministic)
     v3m = make_model("mocov3", "resnet").eval()
     with torch.no_grad():

@@ -154,12 +154,36 @@ def stratified_subset(labels: torch.Tensor, subset: Union[int, float], seed: int
     return torch.sort(torch.cat(chosen)).values
 
 
+def long_tail_counts(counts: list[int], ratio: float) -> list[int]:
+    """Images kept per class of a long-tailed split (Cao et al. 2019, LDAM-DRW's CIFAR-LT;
+    Cui et al. 2019): class i of C keeps ``floor(n_max * (1/r)^(i/(C-1)))``, at most its own
+    count and at least 1, with ``n_max`` the largest class."""
+    n_max, c = max(counts), len(counts)
+    keep = [int(n_max * (1.0 / ratio) ** (i / (c - 1.0))) if c > 1 else n_max
+            for i in range(c)]
+    return [max(1, min(k, n)) for k, n in zip(keep, counts)]
+
+
+def long_tail_indices(labels: torch.Tensor, ratio: float, seed: int = 0) -> torch.Tensor:
+    """Sorted indices of the long-tailed version of a labelled split (the profile of
+    :func:`long_tail_counts` over the sorted class order, a seeded choice of the images
+    within each class); unlabelled images (label -1) are all kept."""
+    labels = torch.as_tensor(labels)
+    classes = sorted(c for c in torch.unique(labels).tolist() if c >= 0)
+    members = [torch.nonzero(labels == c).flatten() for c in classes]
+    keep = long_tail_counts([int(m.numel()) for m in members], float(ratio))
+    g = torch.Generator().manual_seed(int(seed))
+    chosen = [m[torch.randperm(m.numel(), generator=g)[:k]] for m, k in zip(members, keep)]
+    chosen.append(torch.nonzero(labels < 0).flatten())
+    return torch.sort(torch.cat(chosen)).values
+
+
 def build_dataset(name: str, root: str, split: str, *, channels: int = 3, download: bool = False,
                   load_size: Optional[int] = None, image_size: Optional[int] = None,
                   class_list: Optional[str] = None, skip_corrupt: bool = False,
                   subset: Union[int, float, None] = None, seed: int = 0,
                   synthetic_classes: int = 10, synthetic_train: int = 2000,
-                  synthetic_test: int = 500) -> Dataset:
+                  synthetic_test: int = 500, long_tail: Optional[float] = None) -> Dataset:
     """Build split ``split`` ("pretrain" | "train" | "test") of dataset ``name``.
 
     Returns a Dataset of ``(uint8 (C, H, W), int label)`` with ``num_classes``; the in-memory
@@ -168,8 +192,9 @@ def build_dataset(name: str, root: str, split: str, *, channels: int = 3, downlo
     ``imagefolder`` reads ``root/train`` ("pretrain", "train") or ``root/val`` ("test") at a
     square side ``load_size`` (default ``round(image_size * 256 / 224)``).
     ``synthetic`` makes ``synthetic_train`` / ``synthetic_test`` images of side
-    ``image_size`` (default 32). ``subset`` keeps a stratified seeded part (count or
-    fraction) of the split.
+    ``image_size`` (default 32). ``long_tail`` (an imbalance ratio r >= 1) keeps the
+    long-tailed profile of :func:`long_tail_indices`; then ``subset`` keeps a stratified
+    seeded part (count or fraction) of the split.
     """
     dataset_info(name)
     if split not in SPLITS:
@@ -180,6 +205,11 @@ def build_dataset(name: str, root: str, split: str, *, channels: int = 3, downlo
                   image_size, class_list, skip_corrupt, synthetic_classes, synthetic_train,
                   synthetic_test)
     ds = LOADERS[name](req)
+    if long_tail is not None:
+        if float(long_tail) < 1:
+            raise ConfigError(f"data.long_tail={long_tail} is invalid: an imbalance ratio is "
+                              f">= 1 (1 = balanced)")
+        ds = ds.subset(long_tail_indices(ds.labels, long_tail, seed))
     if subset is not None:
         ds = ds.subset(stratified_subset(ds.labels, subset, seed))
     return ds
@@ -188,7 +218,8 @@ def build_dataset(name: str, root: str, split: str, *, channels: int = 3, downlo
 def dataset_from_config(data_cfg: Any, split: str, seed: int = 0) -> Dataset:
     """:func:`build_dataset` from a :class:`sslkit.config.DataConfig`.
 
-    ``data.subset`` applies to the training splits ("pretrain", "train"); "test" stays whole.
+    ``data.long_tail`` and ``data.subset`` apply to the training splits ("pretrain",
+    "train", the same images for both); "test" stays whole and balanced.
     """
     return build_dataset(
         data_cfg.name, data_cfg.root, split, channels=data_cfg.channels,
@@ -196,5 +227,6 @@ def dataset_from_config(data_cfg: Any, split: str, seed: int = 0) -> Dataset:
         image_size=data_cfg.image_size, class_list=data_cfg.class_list,
         skip_corrupt=data_cfg.skip_corrupt,
         subset=data_cfg.subset if split != "test" else None, seed=seed,
+        long_tail=data_cfg.long_tail if split != "test" else None,
         synthetic_classes=data_cfg.synthetic_classes,
         synthetic_train=data_cfg.synthetic_train, synthetic_test=data_cfg.synthetic_test)

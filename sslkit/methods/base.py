@@ -39,8 +39,10 @@ class MoCoBase(nn.Module):
     def __init__(self, backbone: nn.Module, feat_dim: int, batchformer: BatchFormerConfig):
         super().__init__()
         self.bf_scope = batchformer.scope
+        self.keys_both = batchformer.enabled and batchformer.keys == "both"
         self.backbone = backbone  # the exportable encoder: state-dict keys 'backbone.*'
         self.batchformer = self._build_batchformer(batchformer, feat_dim)
+        self.features: Tensor | None = None  # the last batch's plain features (online probe)
 
     def _build_batchformer(self, bf: BatchFormerConfig, feat_dim: int) -> nn.Module | None:
         """BatchFormer (v1) on the features, or BatchFormerV2 between the blocks of a ViT;
@@ -85,8 +87,19 @@ class MoCoBase(nn.Module):
         torch._foreach_add_(list(target), [p.detach() for p in online], alpha=1 - m)
 
     def encode_keys(self, x: Tensor) -> Tensor:
-        """Images (B, C, H, W) -> momentum projections (B, d), not normalised."""
+        """Images (B, C, H, W) -> momentum projections (S*B, d), not normalised: S = 1, or with
+        ``batchformer.keys: both`` in training S = 2, the momentum features also passed
+        through the online BatchFormer (the same parameters, no gradient: keys are computed
+        under no_grad), plain rows first."""
+        if self.keys_both and self.training:
+            return self.momentum_projector(self._streams(self.momentum_backbone, x))
         return self.momentum_projector(self.momentum_backbone(x))
+
+    def _streams(self, backbone: nn.Module, x: Tensor) -> Tensor:
+        """``backbone``'s features of x with the BatchFormer stream: (2B, D), plain rows first."""
+        if isinstance(self.batchformer, BatchFormerV2):
+            return self.batchformer(backbone, x, scope=self.bf_scope)
+        return self.batchformer(backbone(x), scope=self.bf_scope)
 
     # ------------------------------------------------------------------ queries
     def _heads(self, h: Tensor) -> Tensor:
@@ -97,27 +110,35 @@ class MoCoBase(nn.Module):
         plain rows first) only in training."""
         if self.batchformer is None or not self.training:
             return self.backbone(x)  # (B, D)
-        if isinstance(self.batchformer, BatchFormerV2):
-            return self.batchformer(self.backbone, x, scope=self.bf_scope)
-        return self.batchformer(self.backbone(x), scope=self.bf_scope)
+        return self._streams(self.backbone, x)
 
     def _queries(self, x: Tensor) -> Tensor:
-        """Images (B, C, H, W) -> queries (S*B, d)."""
-        return self._heads(self._features(x))
+        """Images (B, C, H, W) -> queries (S*B, d); keeps the plain features (detached)."""
+        h = self._features(x)
+        self.features = h[:x.shape[0]].detach()
+        return self._heads(h)
 
     # ------------------------------------------------------------------ losses
     @staticmethod
-    def _contrast(q: Tensor, b: int, ctr: Callable[[Tensor], Tensor],
-                  similarities: Callable[[Tensor], tuple[Tensor, Tensor]]) -> Stats:
-        """One contrastive term of the queries q (S*B, d): ``loss`` = ctr over all rows (the
-        mean of the streams' losses, each also returned when S = 2), and ``pos_sim`` /
-        ``neg_sim`` of the plain stream."""
-        pos, neg = similarities(q[:b])
+    def _contrast(q: Tensor, b: int, keys: list[Tensor],
+                  ctr: Callable[[Tensor, Tensor], Tensor],
+                  similarities: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]) -> Stats:
+        """One contrastive term of the queries q (S*B, d) against the key streams ``keys``
+        (one, or two with ``batchformer.keys: both``): ``loss`` is the mean of ``ctr`` over
+        every query stream x key stream pairing (with one key stream, ctr over all query rows:
+        the mean of the query streams' losses); ``loss_plain`` / ``loss_bf`` the query
+        streams' losses when S = 2; ``pos_sim`` / ``neg_sim`` of the plain streams."""
+        pos, neg = similarities(q[:b], keys[0])
         out = {"pos_sim": pos, "neg_sim": neg}
+
+        def stream_loss(rows: Tensor) -> Tensor:
+            losses = [ctr(rows, k) for k in keys]
+            return losses[0] if len(losses) == 1 else sum(losses[1:], losses[0]) / len(losses)
+
         if q.shape[0] == b:
-            out["loss"] = ctr(q)
+            out["loss"] = stream_loss(q)
         else:  # mean over the 2B rows == average of the two streams' means
-            out["loss_plain"], out["loss_bf"] = ctr(q[:b]), ctr(q[b:])
+            out["loss_plain"], out["loss_bf"] = stream_loss(q[:b]), stream_loss(q[b:])
             out["loss"] = (out["loss_plain"] + out["loss_bf"]) / 2
         return out
 

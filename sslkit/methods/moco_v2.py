@@ -5,7 +5,8 @@ Queries: :class:`~sslkit.methods.base.MoCoBase` (backbone -> [BatchFormer] -> pr
 Keys: the momentum encoder, no gradient, no BatchFormer; shuffle-BN across processes (the
 official MoCo logic), or in one process split-BN groups + a shuffled key batch (MoCo's CIFAR-10
 demo). Loss: InfoNCE of q against its key (row i pairs with k[i mod B]) and the queue of K past
-keys; the B plain keys of every process are enqueued after the loss (training only).
+keys; the B plain keys of every process (both key streams with ``batchformer.keys: both``)
+are enqueued after the loss (training only).
 The engine calls :meth:`momentum_update` right after ``optimizer.step()``.
 """
 from __future__ import annotations
@@ -58,33 +59,40 @@ class MoCoV2(MoCoBase):
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
 
     @torch.no_grad()
-    def _keys(self, x: Tensor) -> Tensor:
-        """Images (B, C, H, W) -> unit keys (B, d) from the momentum encoder.
+    def _keys(self, x: Tensor) -> list[Tensor]:
+        """Images (B, C, H, W) -> unit keys (B, d) from the momentum encoder, one tensor per
+        key stream (two with ``batchformer.keys: both``).
 
         Shuffle-BN (training, several processes): encode a random slice of the gathered
         batch (permutation from rank 0) so that BN statistics do not leak the positive,
         then gather the keys and take back this process's rows.
         """
-        world = dist.get_world_size()
+        world, b = dist.get_world_size(), x.shape[0]
         if self.training and self.bn_splits > 1:  # one process: shuffle over the BN groups
-            perm = torch.randperm(x.shape[0], device=x.device)
-            return F.normalize(self.encode_keys(x[perm])[torch.argsort(perm)].float(), dim=1)
-        if not (self.training and self.shuffle_bn and world > 1):
-            return F.normalize(self.encode_keys(x).float(), dim=1)
-        rank = dist.get_rank()
-        x_all = dist.all_gather(x)  # (W*B, ...)
-        perm = dist.broadcast_(torch.randperm(x_all.shape[0], device=x.device), src=0)
-        k_all = dist.all_gather(self.encode_keys(x_all[perm.view(world, -1)[rank]]))
-        k = k_all[torch.argsort(perm).view(world, -1)[rank]]  # back to this rank's images
-        return F.normalize(k.float(), dim=1)
+            perm = torch.randperm(b, device=x.device)
+            back = torch.argsort(perm)
+            streams = [k[back] for k in self.encode_keys(x[perm]).split(b)]
+        elif not (self.training and self.shuffle_bn and world > 1):
+            streams = list(self.encode_keys(x).split(b))
+        else:
+            rank = dist.get_rank()
+            x_all = dist.all_gather(x)  # (W*B, ...)
+            perm = dist.broadcast_(torch.randperm(x_all.shape[0], device=x.device), src=0)
+            back = torch.argsort(perm).view(world, -1)[rank]  # this rank's images
+            encoded = self.encode_keys(x_all[perm.view(world, -1)[rank]])  # shuffled order
+            streams = [dist.all_gather(k)[back] for k in encoded.split(b)]
+        return [F.normalize(k.float(), dim=1) for k in streams]
 
     # ------------------------------------------------------------------ queue
     def _check_batch(self, batch: int) -> None:
         world = dist.get_world_size()
         check_bn_splits(batch, self.bn_splits, what="the per-process batch")
-        check_queue_size(self.queue_size, batch * world * (2 if self.symmetric else 1),
+        streams = 2 if self.keys_both else 1
+        check_queue_size(self.queue_size,
+                         batch * world * (2 if self.symmetric else 1) * streams,
                          f"batch {batch} x {world} process(es)"
-                         + (" x 2 (symmetric)" if self.symmetric else ""))
+                         + (" x 2 (symmetric)" if self.symmetric else "")
+                         + (" x 2 (batchformer.keys=both)" if streams == 2 else ""))
 
     @torch.no_grad()
     def _enqueue(self, keys: Tensor) -> None:
@@ -96,10 +104,10 @@ class MoCoV2(MoCoBase):
         self.queue_ptr.add_(n).remainder_(self.queue_size)
 
     # ------------------------------------------------------------------ forward
-    def _term(self, q: Tensor, k: Tensor, queue: Tensor) -> Stats:
-        return self._contrast(q, k.shape[0],
-                              lambda rows: moco_v2_loss(rows, k, queue, self.temperature),
-                              lambda rows: moco_v2_similarities(rows, k, queue))
+    def _term(self, q: Tensor, keys: list[Tensor], queue: Tensor) -> Stats:
+        return self._contrast(q, keys[0].shape[0], keys,
+                              lambda rows, k: moco_v2_loss(rows, k, queue, self.temperature),
+                              lambda rows, k: moco_v2_similarities(rows, k, queue))
 
     def forward(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, Stats]:
         """view1, view2 (B, C, H, W) -> (loss, stats); stats are detached 0-dim tensors."""
@@ -108,11 +116,11 @@ class MoCoV2(MoCoBase):
         queue = self.queue.clone()  # the enqueue below must not touch what autograd saved
         k2 = self._keys(view2)
         parts = [self._term(self._queries(view1), k2, queue)]
-        keys = [k2]
+        keys = k2
         if self.symmetric:
             k1 = self._keys(view1)
             parts.append(self._term(self._queries(view2), k1, queue))
-            keys = [k1, k2]
+            keys = k1 + k2
         loss, stats = self._merge(parts)
         if self.training:
             self._enqueue(torch.cat(keys))

@@ -51,16 +51,17 @@ class MoCoV3(MoCoBase):
         return self.predictor(self.projector(h))
 
     @torch.no_grad()
-    def _keys(self, x: Tensor) -> Tensor:
-        """Images (B, C, H, W) -> keys of every process (W*B, d), rank order."""
-        return dist.all_gather(self.encode_keys(x))
+    def _keys(self, x: Tensor) -> list[Tensor]:
+        """Images (B, C, H, W) -> keys of every process (W*B, d), rank order; one tensor per
+        key stream (two with ``batchformer.keys: both``, each gathered on its own)."""
+        return [dist.all_gather(k) for k in self.encode_keys(x).split(x.shape[0])]
 
-    def _term(self, q: Tensor, k: Tensor, b: int) -> Stats:
-        """ctr(q (S*B, d), gathered k (W*B, d))."""
+    def _term(self, q: Tensor, keys: list[Tensor], b: int) -> Stats:
+        """ctr(q (S*B, d), gathered k (W*B, d)) for every key stream."""
         rank, world = dist.get_rank(), dist.get_world_size()
         return self._contrast(
-            q, b, lambda rows: moco_v3_loss(rows, k, self.temperature, rank, world),
-            lambda rows: moco_v3_similarities(rows, k, rank, world))
+            q, b, keys, lambda rows, k: moco_v3_loss(rows, k, self.temperature, rank, world),
+            lambda rows, k: moco_v3_similarities(rows, k, rank, world))
 
     def forward(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, Stats]:
         """view1, view2 (B, C, H, W) -> (loss, stats); stats are detached 0-dim tensors."""
