@@ -1,5 +1,6 @@
 """Summarise the runs of bench/results_fmnist.sh (or bench/results_vit_fmnist.sh with
-``--table vit``) as the Markdown table of docs/results.md.
+``--table vit``, bench/results_bf_fmnist.sh with ``--table bf``) as the Markdown tables of
+docs/results.md.
 
     python bench/results_table.py runs/results_fmnist --epochs 6
     python bench/results_table.py runs/results_vit_fmnist --table vit --epochs 4
@@ -30,6 +31,7 @@ TABLES = {  # name -> (begin marker, end marker, demo-budget epochs, rows)
         ("MoCo-v3", "demo_mocov3_s{s}"),
         ("MoCo-v3 + BatchFormer", "demo_mocov3_bf_s{s}"),
     ]),
+    "bf": ("<!-- results-bf-fmnist:begin -->", "<!-- results-bf-fmnist:end -->", 9, []),
     "vit": ("<!-- results-vit-fmnist:begin -->", "<!-- results-vit-fmnist:end -->", 4, [
         ("random init (ViT-Tiny width, 4 blocks)", "baselines_s{s}/baseline_random_init"),
         ("MoCo-v3 ViT", "demo_vit_s{s}"),
@@ -76,6 +78,42 @@ def table(out: Path, seeds: list[int], rows: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+BF_REGIMES = [("full", "full data, demo budget"), ("lt", "long-tailed r=100"),
+              ("low", "10 % of the data, 10x epochs")]
+BF_MODELS = [("raw pixels (normalised)", "baselines_s{s}/baseline_raw_pixels"),
+             ("random init (ResNet-18 w16)", "baselines_s{s}/baseline_random_init"),
+             ("MoCo-v2", "plain_s{s}"),
+             ("MoCo-v2 + BF, plain keys", "bf_plain_s{s}"),
+             ("MoCo-v2 + BF, keys of both streams", "bf_both_s{s}")]
+
+
+def bf_table(out: Path, seeds: list[int]) -> str:
+    """The regimes x models table of bench/results_bf_fmnist.sh, with the few-shot group."""
+    lines = ["| regime | model | seeds | kNN k=20, T=0.07 | kNN k=200, T=0.1 | linear "
+             "| few-shot kNN | few-shot linear |", "|---|---|---|---|---|---|---|---|"]
+    for regime, label_regime in BF_REGIMES:
+        for label, pattern in BF_MODELS:
+            cols: dict[str, list[float]] = {k: [] for k in ("k20", "k200", "lin", "fk", "fl")}
+            found = []
+            for s in seeds:
+                path = out / regime / pattern.format(s=s) / "eval.json"
+                if not path.exists():
+                    continue
+                r = json.loads(path.read_text())
+                cols["k20"].append(knn_top1(r, 20, 0.07))
+                cols["k200"].append(knn_top1(r, 200, 0.1))
+                cols["lin"].append(r["linear_top1"])
+                if "few" in r:
+                    cols["fk"].append(r["few"]["knn"])
+                    cols["fl"].append(r["few"]["linear"])
+                found.append(s)
+            if found:
+                lines.append(f"| {label_regime} | {label} | {','.join(map(str, found))} | "
+                             + " | ".join(cell(cols[k]) for k in ("k20", "k200", "lin", "fk",
+                                                                  "fl")) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", type=Path)
@@ -88,7 +126,7 @@ def main() -> int:
     begin, end, budget, rows = TABLES[args.table]
     epochs = budget if args.epochs is None else args.epochs
     seeds = [int(s) for s in args.seeds.split()]
-    text = table(args.runs, seeds, rows)
+    text = bf_table(args.runs, seeds) if args.table == "bf" else table(args.runs, seeds, rows)
     print(text)
     if args.write_doc and epochs == budget:
         doc = DOC.read_text() if DOC.exists() else f"# Results\n\n{begin}\n{end}\n"

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Where does BatchFormer help MoCo? The BatchFormer table of docs/results.md: MoCo-v2
+# (configs/demo.yaml) against + BatchFormer with plain keys (configs/demo_bf.yaml, sslkit's
+# scheme) against + BatchFormer with the authors' key scheme (batchformer.keys=both), SEEDS
+# seeds each, in three regimes on Fashion-MNIST:
+#   full  the 60k training images at the demo budget (EPOCHS epochs, 9 as configs/demo.yaml);
+#   lt    long-tailed, r = 100 (data.long_tail=100: 6000 ... 60 images per class, 19,286 in
+#         all) for pretraining and for the probe's training, EPOCHS epochs, scored on the
+#         balanced test set with many / medium / few-shot groups (eval.shot_groups=[1000,200]:
+#         > 1000 / 200-1000 / < 200 training images; the 4 / 3 / 3 classes of the profile);
+#   low   10 % of the data (data.subset=0.1, stratified) at 10x the epochs: the compute of
+#         `full`.
+# Raw pixels and a random-init backbone are evaluated in each regime for reference. Every
+# model: cached features, kNN k=20 (T=0.07) and k=200 (T=0.1), the cached linear probe.
+# Runs finish one by one and a finished run is never redone: the script can be stopped and
+# started again. CPU, 2 cores: about 3 hours in all (docs/results.md).
+#
+#   bash bench/results_bf_fmnist.sh                        # all of it, then docs/results.md
+#   SEEDS="0" EPOCHS=2 bash bench/results_bf_fmnist.sh     # quicker (table in OUT/results.md)
+#   EXTRA="train.max_steps=2" OUT=/tmp/bf bash bench/results_bf_fmnist.sh   # smoke
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-runs/results_bf_fmnist}
+SEEDS=${SEEDS:-"0 1 2"}
+EPOCHS=${EPOCHS:-9}
+REGIMES=${REGIMES:-"full lt low"}
+read -r -a EXTRA <<< "${EXTRA:-}"
+EVAL=(eval.mode=cached "eval.knn_ks=[20,200]" "eval.knn_ts=[0.07,0.1]" eval.embedding_samples=0)
+mkdir -p "$OUT"
+
+regime_sets() {  # the data and epochs of a regime
+  case $1 in
+    full) echo "train.epochs=$EPOCHS" ;;
+    lt) echo "train.epochs=$EPOCHS data.long_tail=100 eval.shot_groups=[1000,200]" ;;
+    low) echo "train.epochs=$((10 * EPOCHS)) data.subset=0.1" ;;
+  esac
+}
+
+evaluate() {  # evaluate DIR REGIME [run_lincls args...]
+  local dir=$1 regime=$2; shift 2
+  if [ -f "$dir/eval.json" ]; then echo "== $dir: done"; return; fi
+  echo "== evaluate $dir"
+  read -r -a data <<< "$(regime_sets "$regime")"
+  "$PY" run_lincls.py "$@" --set "${EVAL[@]}" "${data[@]:1}" ${EXTRA[@]+"${EXTRA[@]}"}
+}
+
+for regime in $REGIMES; do
+  read -r -a sets <<< "$(regime_sets "$regime")"
+  for seed in $SEEDS; do
+    base="$OUT/$regime/baselines_s$seed"
+    evaluate "$base/baseline_raw_pixels" "$regime" --baseline raw-pixels \
+      --config configs/demo.yaml --output "$base" --set run.seed="$seed"
+    evaluate "$base/baseline_random_init" "$regime" --baseline random-init \
+      --config configs/demo.yaml --output "$base" --set run.seed="$seed"
+    for model in plain bf_plain bf_both; do
+      run="$OUT/$regime/${model}_s$seed"
+      case $model in
+        plain) cfg=configs/demo.yaml; keys=() ;;
+        bf_plain) cfg=configs/demo_bf.yaml; keys=(batchformer.keys=plain) ;;
+        bf_both) cfg=configs/demo_bf.yaml; keys=(batchformer.keys=both) ;;
+      esac
+      if [ ! -f "$run/eval.json" ]; then
+        echo "== pretrain $run"
+        start=$SECONDS
+        if [ -f "$run/checkpoints/last.pt" ]; then
+          "$PY" run_pretrain.py --resume "$run" --set run.progress=false
+        else
+          "$PY" run_pretrain.py --config "$cfg" --overwrite --set run.output_dir="$run" \
+            run.seed="$seed" eval.knn_every=0 run.progress=false "${sets[@]}" \
+            ${keys[@]+"${keys[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
+        fi
+        echo $((SECONDS - start)) > "$run/pretrain_seconds.txt"
+      fi
+      evaluate "$run" "$regime" --checkpoint "$run/checkpoints/last.pt"
+    done
+  done
+done
+doc=()
+if [ ${#EXTRA[@]} -eq 0 ] && [ "$EPOCHS" = 9 ] && [ "$SEEDS" = "0 1 2" ] \
+    && [ "$REGIMES" = "full lt low" ]; then doc=(--write-doc); fi
+"$PY" bench/results_table.py "$OUT" --table bf --epochs "$EPOCHS" --seeds "$SEEDS" \
+  ${doc[@]+"${doc[@]}"}
