@@ -45,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import machine, timed_alternately, torch_kornia_versions, write_rows  # noqa: E402
+from common import (export_vs_torchvision, machine, timed_alternately,  # noqa: E402
+                    torch_kornia_versions, write_rows)
 from sslkit import config  # noqa: E402
 from sslkit.augment import build_views  # noqa: E402
 from sslkit.export import backbone_state_dict  # noqa: E402
@@ -225,20 +226,9 @@ def main() -> None:
     tv = tv.to(dev).eval()
     x = images[:64].to(dev).float() / 255
 
-    def infer(net):
-        def run():
-            with torch.no_grad(), autocast(dev, args.precision):
-                for _ in range(args.steps):
-                    net(x)
-        return run
-
-    with torch.no_grad():
-        same = torch.equal(exported(x), tv(x))
-    t_exp, t_tv = timer([infer(exported), infer(tv)], dev, args.blocks)
-    print(f"exported backbone / torchvision inference time {t_exp / t_tv:.3f} "
-          f"(outputs identical: {same})", flush=True)
-    if not same:
-        raise SystemExit("exported backbone and torchvision model disagree")
+    ratio, same = export_vs_torchvision(exported, tv, x, dev,
+                                        lambda: autocast(dev, args.precision), args.steps,
+                                        args.blocks, timer)
 
     if not args.no_write:
         model = (f"{args.model} d{args.depth} p{args.patch}, {args.channels}x"
@@ -248,7 +238,7 @@ def main() -> None:
                f"{torch.get_num_threads()}, {args.clock} | "
                f"[{args.insert_after}] | {t_plain / args.steps:.3f} | {t_v1 / t_plain:.3f} | "
                f"{exp_v1:.3f} | {t_v2 / t_plain:.3f} | {exp_parts:.3f} | {exp_v2:.3f} | "
-               f"{t_exp / t_tv:.3f} (identical outputs) |")
+               f"{ratio:.3f} (identical outputs) |")
         write_rows(SECTION, HEADER, [row])
         print("added a row to docs/benchmarks.md")
 

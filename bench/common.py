@@ -93,3 +93,25 @@ def write_rows(section: str, header: str, rows: list[str], path: Path = DOC) -> 
     last_row = max(i for i in range(start, end) if lines[i].startswith("|"))
     lines[last_row + 1:last_row + 1] = rows
     path.write_text("\n".join(lines))
+
+
+def export_vs_torchvision(exported: torch.nn.Module, tv: torch.nn.Module, x: torch.Tensor,
+                          device: torch.device, autocast_ctx: Callable, steps: int, blocks: int,
+                          timer: Callable = None) -> tuple[float, bool]:
+    """(inference time of the exported backbone / torchvision's model on ``x``, whether the
+    outputs are identical), timed alternately; exits when the outputs differ."""
+    def infer(net):
+        def run():
+            with torch.no_grad(), autocast_ctx():
+                for _ in range(steps):
+                    net(x)
+        return run
+
+    with torch.no_grad():
+        same = torch.equal(exported(x), tv(x))
+    t_exp, t_tv = (timer or timed_alternately)([infer(exported), infer(tv)], device, blocks)
+    print(f"exported backbone / torchvision inference time {t_exp / t_tv:.3f} "
+          f"(outputs identical: {same})", flush=True)
+    if not same:
+        raise SystemExit("exported backbone and torchvision model disagree")
+    return t_exp / t_tv, same

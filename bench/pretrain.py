@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import machine, timed_alternately, torch_kornia_versions, write_rows  # noqa: E402
+from common import (export_vs_torchvision, machine, timed_alternately,  # noqa: E402
+                    torch_kornia_versions, write_rows)
 from sslkit import config  # noqa: E402
 from sslkit.augment import build_views, resolve_params  # noqa: E402
 from sslkit.runtime import autocast  # noqa: E402
@@ -180,20 +181,9 @@ def main() -> None:
     tv = tv.to(dev).eval()
     x = images[:64].to(dev).float() / 255
 
-    def infer(net):
-        def run():
-            with torch.no_grad(), autocast(dev, args.precision):
-                for _ in range(args.steps):
-                    net(x)
-        return run
-
-    with torch.no_grad():
-        same = torch.equal(exported(x), tv(x))
-    t_exp, t_tv = timed_alternately([infer(exported), infer(tv)], dev, args.blocks)
-    print(f"exported backbone / torchvision inference time {t_exp / t_tv:.3f} "
-          f"(outputs identical: {same})", flush=True)
-    if not same:
-        raise SystemExit("exported backbone and torchvision model disagree")
+    ratio, same = export_vs_torchvision(exported, tv, x, dev,
+                                        lambda: autocast(dev, args.precision), args.steps,
+                                        args.blocks)
 
     if not args.no_write:
         versions = torch_kornia_versions()
@@ -201,7 +191,7 @@ def main() -> None:
         row = (f"| {datetime.date.today().isoformat()} | {where} | {dev.type} | {versions} | "
                f"{model} | {args.batch} | {args.precision} | {args.workers} | {ours_ips:,.0f} | "
                f"{ref_ips:,.0f} | {ours_ips / ref_ips:.2f}x | {t_aug / t_ours:.1%} | "
-               f"{t_bf / t_ours:.3f} | {t_exp / t_tv:.3f} (identical outputs) |")
+               f"{t_bf / t_ours:.3f} | {ratio:.3f} (identical outputs) |")
         write_rows(SECTION, HEADER, [row])
         print("added a row to docs/benchmarks.md")
 

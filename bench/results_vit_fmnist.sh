@@ -14,20 +14,11 @@
 #   EXTRA="data.subset=512 train.max_steps=2" OUT=/tmp/v bash bench/results_vit_fmnist.sh  # smoke
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
+source bench/results_lib.sh
 OUT=${OUT:-runs/results_vit_fmnist}
 SEEDS=${SEEDS:-"0 1"}
 EPOCHS=${EPOCHS:-4}
-read -r -a EXTRA <<< "${EXTRA:-}"   # more key=value overrides for every run and evaluation
-EVAL=(eval.mode=cached "eval.knn_ks=[20,200]" "eval.knn_ts=[0.07,0.1]" eval.embedding_samples=0)
 mkdir -p "$OUT"
-
-evaluate() {  # evaluate DIR [run_lincls args...]
-  local dir=$1; shift
-  if [ -f "$dir/eval.json" ]; then echo "== $dir: done"; return; fi
-  echo "== evaluate $dir"
-  "$PY" run_lincls.py "$@" --set "${EVAL[@]}" ${EXTRA[@]+"${EXTRA[@]}"}
-}
 
 for seed in $SEEDS; do
   evaluate "$OUT/baselines_s$seed/baseline_random_init" --baseline random-init \
