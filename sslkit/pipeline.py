@@ -136,9 +136,11 @@ def _original_with_boxes(path: str, spec: CropSpec, seed: int, channels: int
 
 
 def build_pretrain_input(cfg: Config, device: torch.device, rank: int = 0, world: int = 1,
-                         local_batch: Optional[int] = None) -> PretrainInput:
+                         local_batch: Optional[int] = None, loader: bool = True
+                         ) -> PretrainInput:
     """The training input of ``cfg`` for process ``rank`` of ``world`` (batch ``local_batch``
-    per process, default the global batch)."""
+    per process, default the global batch); ``loader=False`` leaves out the loader (the
+    preview reads images one by one)."""
     local_batch = local_batch or cfg.train.batch_size
     base = dataset_from_config(cfg.data, "pretrain", seed=cfg.run.seed)
     views = views_from_config(cfg).to(device)
@@ -156,9 +158,11 @@ def build_pretrain_input(cfg: Config, device: torch.device, rank: int = 0, world
                         float(p["flip_p"]))
         wrapper = EncodedTwoCropDataset if cfg.data.decode_device == "cuda" else TwoCropDataset
         dataset, loader_sampler = wrapper(base, spec), SeededSampler(sampler, cfg.run.seed)
-    loader = build_loader(dataset, local_batch, train=True, sampler=loader_sampler,
-                          num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
-                          seed=cfg.run.seed)
-    if isinstance(loader, WorkerLoader):
-        share_cores_with_workers(cfg.run, device, cfg.data.num_workers)
-    return PretrainInput(cfg, device, dataset, base, sampler, loader, views, spec)
+    batches = None
+    if loader:
+        batches = build_loader(dataset, local_batch, train=True, sampler=loader_sampler,
+                               num_workers=cfg.data.num_workers,
+                               pin_memory=device.type == "cuda", seed=cfg.run.seed)
+        if isinstance(batches, WorkerLoader):
+            share_cores_with_workers(cfg.run, device, cfg.data.num_workers)
+    return PretrainInput(cfg, device, dataset, base, sampler, batches, views, spec)

@@ -54,7 +54,7 @@ def write_preview(cfg: config_mod.Config, n: int, out: Path) -> int:
         raise UserError(f"cannot write {out}: '{parent}' is not a writable directory")
     configure_cpu(cfg.run)
     seed_everything(cfg.run.seed)
-    pipeline = build_pretrain_input(cfg, resolve_device(cfg.run))
+    pipeline = build_pretrain_input(cfg, resolve_device(cfg.run), loader=False)
     indices = list(range(min(n, len(pipeline.base))))
     grid = augmentation_grid(*pipeline.preview(indices, cfg.run.seed))
     arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
