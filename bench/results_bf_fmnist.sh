@@ -22,13 +22,11 @@
 #   EXTRA="train.max_steps=2" OUT=/tmp/bf bash bench/results_bf_fmnist.sh   # smoke
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
+source bench/results_lib.sh
 OUT=${OUT:-runs/results_bf_fmnist}
 SEEDS=${SEEDS:-"0 1 2"}
 EPOCHS=${EPOCHS:-3}
 REGIMES=${REGIMES:-"full lt low"}
-read -r -a EXTRA <<< "${EXTRA:-}"
-EVAL=(eval.mode=cached "eval.knn_ks=[20,200]" "eval.knn_ts=[0.07,0.1]" eval.embedding_samples=0)
 mkdir -p "$OUT"
 
 regime_sets() {  # the data and epochs of a regime
@@ -39,21 +37,20 @@ regime_sets() {  # the data and epochs of a regime
   esac
 }
 
-evaluate() {  # evaluate DIR REGIME [run_lincls args...]
-  local dir=$1 regime=$2; shift 2
-  if [ -f "$dir/eval.json" ]; then echo "== $dir: done"; return; fi
-  echo "== evaluate $dir"
+evaluate_in() {  # evaluate_in REGIME DIR [run_lincls args...]: on the regime's data
+  local regime=$1 dir=$2; shift 2
   read -r -a data <<< "$(regime_sets "$regime")"
-  "$PY" run_lincls.py "$@" --set "${EVAL[@]}" "${data[@]:1}" ${EXTRA[@]+"${EXTRA[@]}"}
+  local more=("${data[@]:1}")  # the regime's data keys (none for full)
+  evaluate "$dir" "$@" ${more[@]+--set "${more[@]}"}
 }
 
 for regime in $REGIMES; do
   read -r -a sets <<< "$(regime_sets "$regime")"
   for seed in $SEEDS; do
     base="$OUT/$regime/baselines_s$seed"
-    evaluate "$base/baseline_raw_pixels" "$regime" --baseline raw-pixels \
+    evaluate_in "$regime" "$base/baseline_raw_pixels" --baseline raw-pixels \
       --config configs/demo.yaml --output "$base" --set run.seed="$seed"
-    evaluate "$base/baseline_random_init" "$regime" --baseline random-init \
+    evaluate_in "$regime" "$base/baseline_random_init" --baseline random-init \
       --config configs/demo.yaml --output "$base" --set run.seed="$seed"
     for model in plain bf_plain bf_both; do
       run="$OUT/$regime/${model}_s$seed"
@@ -62,19 +59,8 @@ for regime in $REGIMES; do
         bf_plain) cfg=configs/demo_bf.yaml; keys=(batchformer.keys=plain) ;;
         bf_both) cfg=configs/demo_bf.yaml; keys=(batchformer.keys=both) ;;
       esac
-      if [ ! -f "$run/eval.json" ]; then
-        echo "== pretrain $run"
-        start=$SECONDS
-        if [ -f "$run/checkpoints/last.pt" ]; then
-          "$PY" run_pretrain.py --resume "$run" --set run.progress=false
-        else
-          "$PY" run_pretrain.py --config "$cfg" --overwrite --set run.output_dir="$run" \
-            run.seed="$seed" eval.knn_every=0 run.progress=false "${sets[@]}" \
-            ${keys[@]+"${keys[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
-        fi
-        echo $((SECONDS - start)) > "$run/pretrain_seconds.txt"
-      fi
-      evaluate "$run" "$regime" --checkpoint "$run/checkpoints/last.pt"
+      pretrain "$run" "$cfg" run.seed="$seed" "${sets[@]}" ${keys[@]+"${keys[@]}"}
+      evaluate_in "$regime" "$run" --checkpoint "$run/checkpoints/last.pt"
     done
   done
 done

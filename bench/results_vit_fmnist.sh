@@ -25,15 +25,7 @@ for seed in $SEEDS; do
     --config configs/demo_vit.yaml --output "$OUT/baselines_s$seed" --set run.seed="$seed"
   for name in demo_vit demo_vit_bf demo_vit_bfv2; do
     run="$OUT/${name}_s$seed"
-    if [ ! -f "$run/eval.json" ]; then
-      echo "== pretrain $run"
-      start=$SECONDS
-      if [ -f "$run/checkpoints/last.pt" ]; then resume=(--resume); else resume=(--overwrite); fi
-      "$PY" run_pretrain.py --config "configs/$name.yaml" "${resume[@]}" --set \
-        run.output_dir="$run" run.seed="$seed" train.epochs="$EPOCHS" eval.knn_every=0 \
-        run.progress=false ${EXTRA[@]+"${EXTRA[@]}"}
-      echo $((SECONDS - start)) > "$run/pretrain_seconds.txt"
-    fi
+    pretrain "$run" "configs/$name.yaml" run.seed="$seed" train.epochs="$EPOCHS"
     evaluate "$run" --checkpoint "$run/checkpoints/last.pt"
   done
 done

@@ -82,7 +82,8 @@ def compare_resume_config(saved: dict, cfg: Config, source: Path) -> list[str]:
     except ConfigError:  # a checkpoint of another sslkit version: compare what is there
         pass
     old, new = flatten(saved), flatten(resolved(cfg).to_dict())
-    changed = [k for k in new if old.get(k, new[k]) != new[k]]
+    # run.overwrite is the permission a run started with, not part of the run: not a change
+    changed = [k for k in new if old.get(k, new[k]) != new[k] and k != "run.overwrite"]
     for k in changed:
         if any(k == s or k.startswith(s + ".") for s in STRUCTURAL):
             raise UserError(f"cannot resume from '{source}': {k} was {old[k]!r} there but is "

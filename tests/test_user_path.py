@@ -63,6 +63,18 @@ def test_resume_may_change_only_non_structural_keys(tmp_path):
     assert_one_line_error(proc, "nothing to resume")
 
 
+def test_resume_notes_only_keys_the_user_changed(tmp_path):
+    """A run started with --overwrite resumes without a note about run.overwrite (a
+    permission, not part of the run), and a real change is named."""
+    out = tmp_path / "run"
+    pretrain(tiny_config(out, epochs=2, extra=EXTRA + ["run.overwrite=true"]), overwrite=True,
+             stop_after_steps=2)
+    proc = run_cli("run_pretrain.py", "--resume", str(out), "--set", "run.log_every_steps=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    notes = [ln for ln in proc.stdout.splitlines() if ln.startswith("note: resuming")]
+    assert notes == ["note: resuming with changed keys: run.log_every_steps: 1 -> 3"], notes
+
+
 def test_ctrl_c_prints_the_resume_command_and_log_lines_without_carriage_returns(tmp_path):
     out = tmp_path / "run"
     items = tiny_overrides(out, epochs=100000, extra=["eval.knn_every=0", "run.log_every_steps=2",
