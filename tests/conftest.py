@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,6 +30,16 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
     assert "Traceback" not in proc.stderr
     for frag in fragments:
         assert frag.lower() in lines[0].lower(), (frag, lines[0])
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread is as fast and immune to a busy shared CPU (modules opt in
+    with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -27,13 +27,7 @@ from test_batchformer import reference_layer
 B, SIZE, PATCH, DEPTH = 6, 16, 8, 4  # 4 patches + the class token: L = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is as fast and immune to a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def vit(depth: int = DEPTH, seed: int = 0):

@@ -21,13 +21,7 @@ from sslkit.models.heads import build_mlp
 B, SIZE = 8, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is as fast and immune to a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_backbone(kind: str) -> tuple[nn.Module, int]:
