@@ -141,7 +141,7 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--patch", type=int, default=7)
     ap.add_argument("--insert-after", type=int, default=None,
-                    help="0-based block (default: config.default_insert_after(depth))")
+                    help="0-based block (default: default_insert_after(depth))")
     ap.add_argument("--image-size", type=int, default=28)
     ap.add_argument("--channels", type=int, default=1)
     ap.add_argument("--batch", type=int, default=256)
@@ -155,7 +155,7 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     if args.insert_after is None:
-        args.insert_after = config.default_insert_after(args.depth)[0]
+        args.insert_after = default_insert_after(args.depth)[0]
     dev = torch.device(args.device)
     torch.set_flush_denormal(True)
     if args.threads:

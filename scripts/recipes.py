@@ -6,8 +6,8 @@ sslkit, next to the official value of each parameter and where that value was re
     python scripts/recipes.py --check    # exit 1 if docs/recipes.md is stale
 
 The official values below are plain data, each with its repository and file. The sslkit
-column is read from the code under test: ``sslkit.config.load`` (nulls filled with the
-method's defaults), ``sslkit.augment.resolve_params`` (the preset plus the overrides),
+column is read from the code under test: ``sslkit.config.load`` then
+``sslkit.resolved.resolved`` (nulls filled with the method's defaults), ``sslkit.augment.resolve_params`` (the preset plus the overrides),
 ``sslkit.optim`` (the LR scaling and schedule) and the method built by
 ``sslkit.methods.build_method`` on the meta device (heads, stem, BatchFormer: structure only,
 no memory). A row whose values differ must be listed in the recipe's ``deliberate`` table with
@@ -31,10 +31,11 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from sslkit import config as sslconfig  # noqa: E402
-from sslkit.augment import OVERRIDE_KEYS, resolve_params  # noqa: E402
+from sslkit.augment import OVERRIDE_KEYS, resolve_params, resolved_preset  # noqa: E402
 from sslkit.data.info import normalization, resize_side  # noqa: E402
 from sslkit.methods import build_method  # noqa: E402
 from sslkit.optim import linear_scaled, lr_factor, scaled_lr  # noqa: E402
+from sslkit.resolved import resolved  # noqa: E402
 
 PAGE = ROOT / "docs" / "recipes.md"
 
@@ -81,10 +82,10 @@ class Resolved:
     """A config resolved by sslkit, with the method it builds (on the meta device, lazily)."""
 
     def __init__(self, cfg: sslconfig.Config):
-        self.cfg = cfg
+        self.cfg = cfg = resolved(cfg)
         self._model: Optional[nn.Module] = None
         overrides = {k: getattr(cfg.augment, k) for k in OVERRIDE_KEYS}
-        self.aug = resolve_params(sslconfig.resolved_preset(cfg), **overrides)
+        self.aug = resolve_params(resolved_preset(cfg), **overrides)
 
     @property
     def model(self) -> nn.Module:

@@ -62,7 +62,6 @@ from torch import nn
 from PIL import Image, ImageDraw
 from torchvision.utils import make_grid
 
-from sslkit.config import resolved_preset
 from sslkit.data.info import IMAGENET_MEAN, IMAGENET_STD, LUMA, luma_of, normalization, resize_side
 from sslkit.errors import ConfigError
 
@@ -84,6 +83,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mocov3_small": dict(_BASE, crop_scale=(0.08, 1.0), saturation=0.2, blur_p=(0.0, 0.0),
                          solarize_p=(0.0, 0.2)),
 }
+
+
+def resolved_preset(cfg: Any) -> str:
+    """``augment.preset`` of a :class:`sslkit.config.Config`, with ``auto`` resolved: the
+    method's preset (mocov2 / mocov3), in its ``_small`` variant (no blur) for images of at
+    most 64 px."""
+    if cfg.augment.preset != "auto":
+        return cfg.augment.preset
+    small = "_small" if cfg.data.image_size <= 64 else ""
+    return ("mocov3" if cfg.method.name == "mocov3" else "mocov2") + small
 
 
 CPU_CHUNK_BYTES = 8 << 20  # see TwoViews._chunked
@@ -421,7 +430,8 @@ def augmentation_grid(originals: torch.Tensor, view1: torch.Tensor, view2: torch
     return torch.cat([margin, body], dim=2)
 
 
-__all__ = ["PRESETS", "OVERRIDE_KEYS", "build_views", "views_from_config", "TwoViews",
+__all__ = ["PRESETS", "OVERRIDE_KEYS", "build_views", "resolved_preset", "views_from_config",
+           "TwoViews",
            "adjust_hue_turns", "ColorJitter", "GRID_LABELS", "RandomResizedCrop", "RandomSolarize", "CenterView",
            "eval_transform_from_config", "augmentation_grid",
            "resolve_params", "blur_kernel_size", "to_unit_float"]

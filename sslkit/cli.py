@@ -131,8 +131,9 @@ def _pretrain(argv: Sequence[str] | None, prog: str) -> int:
     from sslkit.engine import pretrain  # torch, kornia, faiss: seconds; after the checks
     from sslkit.resolved import resolved  # torch as well
 
+    cfg = resolved(cfg)  # once per run: the engine takes it as it is
     if args.print_config:
-        print(resolved(cfg).to_yaml(), end="")
+        print(cfg.to_yaml(), end="")
         return 0
     try:
         pretrain(cfg, resume=bool(args.resume), overwrite=args.overwrite,

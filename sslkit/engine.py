@@ -20,7 +20,7 @@ from torch import nn
 from sslkit import distributed as dist_utils
 from sslkit.augment import augmentation_grid, eval_transform_from_config
 from sslkit.checkpoint import load_checkpoint_with_fallback, load_into, save_atomic
-from sslkit.config import Config, save as save_config
+from sslkit.config import Config, build as build_config, save as save_config
 from sslkit.data import build_loader, dataset_from_config
 from sslkit.errors import CheckpointError, ConfigError, UserError
 from sslkit.export import backbone_state_dict
@@ -56,7 +56,8 @@ class Trainer:
     """Builds everything from a Config, then runs (or resumes) pretraining."""
 
     def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False):
-        cfg = self.cfg = resolved(cfg)  # every default written out: what config.yaml says
+        # every default written out (what config.yaml says); a no-op when the CLI resolved it
+        cfg = self.cfg = resolved(cfg)
         self.resume, self.overwrite = resume, overwrite or cfg.run.overwrite
         self.run_dir = Path(cfg.run.output_dir)
         # 1. everything that can refuse the input, before anything is written
@@ -142,7 +143,11 @@ class Trainer:
 
     def _load_resume_state(self) -> None:
         ckpt, source = load_checkpoint_with_fallback(self.run_dir / "checkpoints" / "last.pt")
-        notes = compare_resume_config(ckpt["config"], self.cfg, source)
+        try:  # the saved config, resolved as this run's is
+            saved = resolved(build_config(ckpt["config"], source=str(source))).to_dict()
+        except ConfigError:  # a checkpoint of another sslkit version: compare what is there
+            saved = ckpt["config"]
+        notes = compare_resume_config(saved, self.cfg, source)
         saved_spe = ckpt.get("data", {}).get("steps_per_epoch", self.steps_per_epoch)
         if saved_spe != self.steps_per_epoch:
             raise UserError(f"cannot resume from '{source}': it was written at {saved_spe} "

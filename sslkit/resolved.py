@@ -1,32 +1,47 @@
 """The config a run actually uses: every key left null for "the default" filled with the value
-the code takes, so that ``config.yaml`` and ``--print-config`` say what runs.
+the code takes, and the rules that need the method's or the model's facts checked, so that
+``config.yaml`` and ``--print-config`` say what runs.
 
-Filled here (each from the function that decides it): the input normalisation
-(``data.mean`` / ``data.std``, :func:`sslkit.data.normalization`), the ImageFolder evaluation
-resize (``data.load_size``), every augmentation parameter of the preset
-(:func:`sslkit.augment.resolve_params`), the ResNet stem's max-pool and the ViT depth, the
-MoCo-v2 projector's hidden width and the BatchFormer's feed-forward width (the backbone's
-feature dimension), the BatchFormer's weight decay and BatchFormerV2's insertion points. Nulls that mean "off" or "no limit" (``train.max_steps``,
-``eval.knn_bank_size``, ``data.subset``, ``optim.grad_clip``, ...) and ``run.num_threads``
-(the machine's default) stay null. Loading the result gives the same run.
+This is the one place where defaults are filled; each value comes from the code that owns
+it:
+
+* the method's paper defaults and its rules (``paper_defaults`` / ``check_config`` of the
+  classes in :data:`sslkit.methods.registry.METHODS`);
+* the backbone's facts (:mod:`sslkit.models.backbones`: feature width, ViT depth, the ResNet
+  stem's max-pool), read from the registry without building a network;
+* BatchFormerV2's insertion points (:func:`sslkit.models.batchformer.insertion_points`);
+* the augmentation preset and its parameters (:func:`sslkit.augment.resolved_preset`,
+  :func:`sslkit.augment.resolve_params`);
+* the input normalisation and the ImageFolder evaluation resize (:mod:`sslkit.data.info`);
+* the MoCo-v2 projector's hidden width and the BatchFormer's feed-forward width (the
+  backbone's feature dimension), the BatchFormer's weight decay (``optim.weight_decay``).
+
+Nulls that mean "off" or "no limit" (``train.max_steps``, ``eval.knn_bank_size``,
+``data.subset``, ``optim.grad_clip``, ...) and ``run.num_threads`` (the machine's default)
+stay null. Resolving a resolved config returns an equal one; the engine resolves once per run.
 """
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import Any
 
-import torch
-
-from sslkit.augment import OVERRIDE_KEYS, resolve_params
-from sslkit.config import VIT_DEPTH, Config, insertion_points, resolved_preset
+from sslkit.augment import OVERRIDE_KEYS, resolve_params, resolved_preset
+from sslkit.config import Config
 from sslkit.data.info import normalization, resize_side
-from sslkit.models.backbones import backbone_from_config
+from sslkit.methods.registry import METHODS
+from sslkit.models.backbones import default_maxpool, feature_dim as arch_feature_dim, is_vit
+from sslkit.models.backbones import vit_depth
+from sslkit.models.batchformer import insertion_points, v2_needs_vit
+
+
+# The configs this module returned: resolving one of them again returns it at once.
+_RESOLVED: "weakref.WeakValueDictionary[int, Config]" = weakref.WeakValueDictionary()
 
 
 def feature_dim(cfg: Config) -> int:
-    """The backbone's feature dimension (built on the meta device: no memory, no time)."""
-    with torch.device("meta"):
-        return backbone_from_config(cfg)[1]
+    """The backbone's feature dimension (from the registry: nothing is built)."""
+    return arch_feature_dim(cfg.model.backbone, cfg.model.width)
 
 
 def _plain(v: Any) -> Any:
@@ -34,36 +49,49 @@ def _plain(v: Any) -> Any:
 
 
 def resolved(cfg: Config) -> Config:
-    """``cfg`` with every defaulted null replaced by the value used (see the module doc)."""
+    """``cfg`` with every defaulted null replaced by the value used (see the module doc); a
+    rule broken by the combination of keys is a one-line ConfigError."""
+    if _RESOLVED.get(id(cfg)) is cfg:
+        return cfg
     d, m, model, bf = cfg.data, cfg.method, cfg.model, cfg.batchformer
+    vit = is_vit(model.backbone)
+    dim = feature_dim(cfg)
+    method_cls = METHODS[m.name]
+    fill_method = {k: v for k, v in method_cls.paper_defaults(vit).items()
+                   if getattr(m, k) is None}
+    if m.name == "mocov2" and m.proj_hidden_dim is None:
+        fill_method["proj_hidden_dim"] = dim  # the official D-D-128 head
+    method = dataclasses.replace(m, **fill_method)
+
     mean, std = normalization(d.name, d.channels, d.mean, d.std)
     data = dataclasses.replace(d, mean=list(mean), std=list(std))
     if d.name == "imagefolder" and d.load_size is None:
         data = dataclasses.replace(data, load_size=resize_side(d.image_size))
-    params = resolve_params(resolved_preset(cfg),
-                            **{k: getattr(cfg.augment, k) for k in OVERRIDE_KEYS})
-    augment = dataclasses.replace(cfg.augment, preset=resolved_preset(cfg),
+
+    preset = resolved_preset(cfg)
+    params = resolve_params(preset, **{k: getattr(cfg.augment, k) for k in OVERRIDE_KEYS})
+    augment = dataclasses.replace(cfg.augment, preset=preset,
                                   **{k: _plain(params[k]) for k in OVERRIDE_KEYS})
-    vit = model.backbone.startswith("vit")
-    fill_model = {}
+
+    fill_model: dict[str, Any] = {}
     if not vit and model.maxpool is None:
-        fill_model["maxpool"] = not model.cifar_stem
+        fill_model["maxpool"] = default_maxpool(model.cifar_stem)
     if vit and model.vit_depth is None:
-        with torch.device("meta"):
-            fill_model["vit_depth"] = len(backbone_from_config(cfg)[0].encoder.layers)
-    dim = feature_dim(cfg)
-    method = m
-    if m.name == "mocov2" and m.proj_hidden_dim is None:
-        method = dataclasses.replace(m, proj_hidden_dim=dim)
-    fill_bf = {}
+        fill_model["vit_depth"] = vit_depth(model.backbone)
+
+    fill_bf: dict[str, Any] = {}
     if bf.enabled and bf.ffn_dim is None:
         fill_bf["ffn_dim"] = dim
     if bf.enabled and bf.weight_decay is None:
         fill_bf["weight_decay"] = cfg.optim.weight_decay
-    if bf.enabled and bf.version == "v2" and bf.insert_after is None:
-        fill_bf["insert_after"] = insertion_points(None, fill_model.get("vit_depth")
-                                                   or model.vit_depth or VIT_DEPTH)
-    batchformer = dataclasses.replace(bf, **fill_bf)
-    return dataclasses.replace(cfg, data=data, augment=augment, method=method,
-                               batchformer=batchformer,
-                               model=dataclasses.replace(model, **fill_model))
+    if bf.enabled and bf.version == "v2":
+        if not vit:
+            raise v2_needs_vit(model.backbone)
+        fill_bf["insert_after"] = insertion_points(bf.insert_after,
+                                                   vit_depth(model.backbone, model.vit_depth))
+    out = dataclasses.replace(cfg, data=data, augment=augment, method=method,
+                              batchformer=dataclasses.replace(bf, **fill_bf),
+                              model=dataclasses.replace(model, **fill_model))
+    method_cls.check_config(out)
+    _RESOLVED[id(out)] = out
+    return out

@@ -7,9 +7,8 @@ import shutil
 from pathlib import Path
 
 from sslkit.checkpoint import PREV_NAME
-from sslkit.config import Config, build
-from sslkit.errors import ConfigError, UserError
-from sslkit.resolved import resolved
+from sslkit.config import Config
+from sslkit.errors import UserError
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "tb", "checkpoints", "backbone.pt", "eval.json")
 # keys whose change makes a checkpoint unusable for --resume
@@ -75,13 +74,10 @@ def flatten(d: dict, prefix: str = "") -> dict:
 def compare_resume_config(saved: dict, cfg: Config, source: Path) -> list[str]:
     """Refuse structural changes; return the other changed keys (printed as a note).
 
-    Both sides are compared resolved (:func:`sslkit.resolved.resolved`), so a checkpoint whose
-    config left a default as null matches the same run written out in full."""
-    try:
-        saved = resolved(build(saved, source=str(source))).to_dict()
-    except ConfigError:  # a checkpoint of another sslkit version: compare what is there
-        pass
-    old, new = flatten(saved), flatten(resolved(cfg).to_dict())
+    Both sides must be resolved configs (:func:`sslkit.resolved.resolved`; ``saved`` as a
+    dict), so that a checkpoint whose config left a default as null matches the same run
+    written out in full."""
+    old, new = flatten(saved), flatten(cfg.to_dict())
     # run.overwrite is the permission a run started with, not part of the run: not a change
     changed = [k for k in new if old.get(k, new[k]) != new[k] and k != "run.overwrite"]
     for k in changed:

@@ -14,7 +14,8 @@ from torchvision.models.vision_transformer import VisionTransformer
 from error_cases import VIT2
 from helpers_tiny import tiny_config
 from sslkit.checkpoint import load_state_dict_file
-from sslkit.config import build, default_insert_after
+from sslkit.config import build
+from sslkit.models.batchformer import default_insert_after
 from sslkit.engine import Trainer
 from sslkit.errors import ConfigError
 from sslkit.export import backbone_state_dict
@@ -22,6 +23,7 @@ from sslkit.methods import METHODS, build_method
 from sslkit.models.backbones import build_backbone
 from sslkit.models.batchformer import BatchFormer, BatchFormerV2
 from sslkit.optim import build_optimizer, build_scheduler, param_groups
+from sslkit.resolved import resolved
 from test_batchformer import reference_layer
 
 B, SIZE, PATCH, DEPTH = 6, 16, 8, 4  # 4 patches + the class token: L = 5
@@ -176,7 +178,7 @@ def test_bad_insertion_points(points, fragment):
 
 # --------------------------------------------------------------------------- in the methods
 def make(name: str, version: str = "v2", bf: bool = True, **bf_kw):
-    cfg = build({}, [f"method.name={name}", "model.backbone=vit_tiny"])
+    cfg = resolved(build({}, [f"method.name={name}", "model.backbone=vit_tiny"]))
     small = dict(proj_hidden_dim=32, proj_dim=16)
     small.update(queue_size=48) if name == "mocov2" else small.update(pred_hidden_dim=32)
     method = dataclasses.replace(cfg.method, **small)
@@ -312,7 +314,7 @@ def test_build_method_from_config():
 ])
 def test_config_refuses_bad_v2(items, fragments):
     with pytest.raises(ConfigError) as e:
-        build({}, ["batchformer.enabled=true", "batchformer.version=v2", *items])
+        resolved(build({}, ["batchformer.enabled=true", "batchformer.version=v2", *items]))
     assert all(f in str(e.value) for f in fragments), str(e.value)
 
 

@@ -8,6 +8,7 @@ import yaml
 
 from sslkit import config
 from sslkit.errors import ConfigError
+from sslkit.resolved import resolved
 
 CONTRACT_KEYS = """run.output_dir run.seed run.device run.precision data.name data.root
 data.image_size model.backbone method.name method.temperature method.queue_size
@@ -47,8 +48,9 @@ def test_every_shipped_config_loads(root):
     files = sorted((root / "configs").glob("*.yaml"))
     assert files
     for f in files:
-        cfg = config.load(f)
+        cfg = resolved(config.load(f))
         assert cfg.method.temperature is not None  # defaults resolved
+        assert resolved(cfg) is cfg and resolved(config.load(f)) == cfg  # idempotent
 
 
 @pytest.mark.parametrize("plain,twin", [
@@ -90,22 +92,47 @@ def test_scientific_notation_reads_as_float():
     assert config.build({}, ["optim.lr=3e-2"]).optim.lr == 0.03
 
 
+def test_load_leaves_defaults_to_the_resolver():
+    """One place fills defaults: load() keeps the nulls, resolved() fills them."""
+    raw = config.build({})
+    assert raw.method.temperature is None and raw.augment.preset == "auto"
+    assert raw.data.mean is None and raw.model.maxpool is None
+
+
 def test_method_defaults_follow_the_papers():
-    v2 = config.build({})
+    v2 = resolved(config.build({}))
     assert (v2.method.temperature, v2.method.queue_size, v2.method.momentum,
             v2.method.proj_dim, v2.method.proj_bn) == (0.2, 65536, 0.999, 128, False)
-    assert v2.method.proj_hidden_dim is None  # = the backbone's feature dim (D-D-128 head)
-    v3 = config.build({"method": {"name": "mocov3"}})
+    assert v2.method.proj_hidden_dim == 512  # = the ResNet-18's feature dim (D-D-128 head)
+    v3 = resolved(config.build({"method": {"name": "mocov3"}}))
     assert (v3.method.temperature, v3.method.momentum, v3.method.momentum_schedule,
             v3.method.proj_dim, v3.method.proj_hidden_dim, v3.method.proj_layers) == (
         1.0, 0.99, "cosine", 256, 4096, 2)
-    vit = config.build({"method": {"name": "mocov3"}, "model": {"backbone": "vit_small"}})
+    vit = resolved(config.build({"method": {"name": "mocov3"},
+                                 "model": {"backbone": "vit_small"}}))
     assert vit.method.temperature == 0.2 and vit.method.proj_layers == 3
     # an explicit value is kept
-    assert config.build({}, ["method.temperature=0.5"]).method.temperature == 0.5
+    assert resolved(config.build({}, ["method.temperature=0.5"])).method.temperature == 0.5
     # preset auto follows method and image size
     assert v2.augment.preset == "mocov2_small" and v3.augment.preset == "mocov3_small"
-    assert config.build({}, ["data.image_size=224"]).augment.preset == "mocov2"
+    assert resolved(config.build({}, ["data.image_size=224"])).augment.preset == "mocov2"
+
+
+@pytest.mark.parametrize("overrides, fragments", [
+    (["method.queue_size=1000"], ["method.queue_size=1000", "multiple", "256"]),
+    (["method.queue_size=1280", "method.symmetric=true"], ["multiple", "512", "symmetric"]),
+    (["train.batch_size=100", "method.queue_size=1000"], ["train.batch_size=100", "bn_splits=8"]),
+    (["batchformer.enabled=true", "batchformer.version=v2"], ["needs a ViT", "resnet18"]),
+    (["model.backbone=vit_tiny", "batchformer.enabled=true", "batchformer.version=v2",
+      "batchformer.insert_after=[12]"], ["out of range", "0..11"]),
+])
+def test_rules_of_methods_and_models_on_resolve(overrides, fragments):
+    """Rules that need the method's or the model's facts are checked by the resolver."""
+    cfg = config.build({}, overrides)  # the schema alone accepts them
+    with pytest.raises(ConfigError) as exc:
+        resolved(cfg)
+    for frag in fragments:
+        assert frag in str(exc.value), (frag, str(exc.value))
 
 
 @pytest.mark.parametrize("overrides, fragments", [
@@ -126,7 +153,6 @@ def test_method_defaults_follow_the_papers():
     (["run.precision=fp8"], ["run.precision=fp8", "bf16"]),
     (["batchformer.enabled=maybe"], ["batchformer.enabled=maybe", "true/false"]),
     (["optim.lr=nan"], ["optim.lr", "number"]),
-    (["method.queue_size=1000"], ["method.queue_size=1000", "multiple", "256"]),
     (["data.subset=1.5"], ["data.subset=1.5", "fraction"]),
     (["augment.crop_scale=[0.9, 0.2]"], ["augment.crop_scale", "minimum"]),
     (["augment.crop_scale=[0.2]"], ["augment.crop_scale", "2"]),

@@ -17,6 +17,7 @@ from sslkit import config
 from sslkit.checkpoint import load_checkpoint
 from sslkit.losses import moco_v3_loss
 from sslkit.methods import MoCoV2, MoCoV3
+from sslkit.resolved import resolved
 
 N = 6  # images per rank
 
@@ -34,10 +35,10 @@ def _toy(name: str) -> nn.Module:
     torch.manual_seed(0)
     backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                              nn.Flatten())
-    cfg = config.build({}, [f"method.name={name}", "method.proj_hidden_dim=16",
-                            "method.proj_dim=8", "method.pred_hidden_dim=16",
-                            "method.queue_size=24", "method.temperature=0.2",
-                            "train.batch_size=12", "method.bn_splits=1"])
+    cfg = resolved(config.build({}, [f"method.name={name}", "method.proj_hidden_dim=16",
+                                     "method.proj_dim=8", "method.pred_hidden_dim=16",
+                                     "method.queue_size=24", "method.temperature=0.2",
+                                     "train.batch_size=12", "method.bn_splits=1"]))
     cls = MoCoV2 if name == "mocov2" else MoCoV3
     return _bn_free(cls(backbone, 8, cfg.method, cfg.batchformer))
 

@@ -14,14 +14,16 @@ from sslkit.engine import Trainer
 from sslkit.errors import ConfigError
 from sslkit.methods import METHODS
 from sslkit.models.backbones import build_backbone
+from sslkit.resolved import resolved
 
 B, SIZE = 8, 16
 
 
 def make(name: str, keys: str, queue: int = 64):
-    cfg = build({}, [f"method.name={name}", "model.backbone=resnet18", "batchformer.enabled=true",
-                     f"batchformer.keys={keys}", "batchformer.dropout=0", "batchformer.heads=4",
-                     "method.bn_splits=1"])
+    cfg = resolved(build({}, [f"method.name={name}", "model.backbone=resnet18",
+                              "batchformer.enabled=true", f"batchformer.keys={keys}",
+                              "batchformer.dropout=0", "batchformer.heads=4",
+                              "method.bn_splits=1"]))
     small = dict(proj_hidden_dim=32, proj_dim=16)
     small.update(queue_size=queue) if name == "mocov2" else small.update(pred_hidden_dim=32)
     torch.manual_seed(0)
@@ -113,12 +115,12 @@ def test_keys_both_send_no_gradient_through_the_key_path():
 
 def test_keys_both_config_rules():
     with pytest.raises(ConfigError, match=r"x 2 \(batchformer.keys=both"):
-        build({}, ["batchformer.enabled=true", "batchformer.keys=both", "train.batch_size=16",
-                   "method.queue_size=80"])
+        resolved(build({}, ["batchformer.enabled=true", "batchformer.keys=both",
+                            "train.batch_size=16", "method.queue_size=80"]))
     with pytest.raises(ConfigError, match="set batchformer.enabled=true"):
         build({}, ["batchformer.keys=both"])
-    build({}, ["batchformer.enabled=true", "batchformer.keys=both", "train.batch_size=16",
-               "method.queue_size=96"])
+    resolved(build({}, ["batchformer.enabled=true", "batchformer.keys=both",
+                        "train.batch_size=16", "method.queue_size=96"]))
 
 
 # --------------------------------------------------------------------------- online probe

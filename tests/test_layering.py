@@ -1,10 +1,10 @@
 """The import graph of sslkit/ and linear_eval/: no cycle, and every arrow points down.
 
 Layers, bottom to top (see docs/architecture.md):
-  0 errors, distributed, config
+  0 errors, distributed, config (schema, loading)
   1 data, augment, models, losses, optim, checkpoint, runtime, features, knn, export, rundir,
-    metrics, pipeline, resolved, online_probe
-  2 methods
+    metrics, pipeline, online_probe
+  2 methods, resolved (the defaults and rules that methods and models own)
   3 the engine and evaluation (linear_eval)
   4 the CLI
 A module may import its own layer or a lower one; only the CLI may reach linear_eval, and no
@@ -24,8 +24,8 @@ LAYERS = {
     "sslkit.data": 1, "sslkit.augment": 1, "sslkit.models": 1, "sslkit.losses": 1,
     "sslkit.optim": 1, "sslkit.checkpoint": 1, "sslkit.runtime": 1, "sslkit.features": 1,
     "sslkit.knn": 1, "sslkit.export": 1, "sslkit.rundir": 1, "sslkit.metrics": 1,
-    "sslkit.pipeline": 1, "sslkit.resolved": 1, "sslkit.online_probe": 1,
-    "sslkit.methods": 2,
+    "sslkit.pipeline": 1, "sslkit.online_probe": 1,
+    "sslkit.methods": 2, "sslkit.resolved": 2,
     "sslkit.engine": 3, "sslkit.preview": 3, "linear_eval": 3,
     "sslkit.cli": 4,
 }
@@ -144,3 +144,22 @@ def test_the_checker_sees_violations():
     assert "only the CLI" in _violations("sslkit.engine", [("linear_eval.main", 1, True)])[0]
     assert "up the layers" in _violations("sslkit.losses", [("sslkit.methods.base", 1, False)])[0]
     assert _violations("sslkit.cli", [("linear_eval.main", 1, True)]) == []
+
+
+MAX_ROOM_LINES = 450  # a module a newcomer can read in one sitting
+
+
+def test_no_room_is_too_large():
+    """Every module of sslkit/ and linear_eval/ stays under MAX_ROOM_LINES lines."""
+    large = {str(p.relative_to(ROOT)): n for p in MODULES.values()
+             if (n := len(p.read_text().splitlines())) > MAX_ROOM_LINES}
+    assert not large, f"split these modules (> {MAX_ROOM_LINES} lines): {large}"
+
+
+def test_config_package_split_by_concern():
+    """The schema and the YAML reading are separate rooms, each of at most 400 lines, and
+    neither knows the methods or the models (their rules live with them)."""
+    for name in ("sslkit.config.schema", "sslkit.config.loading"):
+        assert len(MODULES[name].read_text().splitlines()) <= 400, name
+        assert not [t for t, _, _ in GRAPH[name] if not t.startswith(("sslkit.config",
+                                                                       "sslkit.errors"))]

@@ -17,6 +17,7 @@ from sslkit.losses import moco_v2_loss, moco_v3_loss
 from sslkit.methods import METHODS, MoCoV2, MoCoV3, build_method, cosine_momentum
 from sslkit.models.backbones import build_backbone
 from sslkit.models.heads import build_mlp
+from sslkit.resolved import resolved
 
 B, SIZE = 8, 16
 
@@ -34,7 +35,7 @@ def make_backbone(kind: str) -> tuple[nn.Module, int]:
 
 def make_model(name: str, kind: str = "resnet", bf: bool = False, seed: int = 0, **method_kw):
     backbone_name = "resnet18" if kind == "resnet" else "vit_tiny"
-    cfg = build({}, [f"method.name={name}", f"model.backbone={backbone_name}"])
+    cfg = resolved(build({}, [f"method.name={name}", f"model.backbone={backbone_name}"]))
     small = dict(proj_hidden_dim=32, proj_dim=16)
     small.update(queue_size=64) if name == "mocov2" else small.update(pred_hidden_dim=32)
     small.update(method_kw)
@@ -260,7 +261,9 @@ def test_build_method_from_config(name, backbone):
                      "method.queue_size=64", "train.batch_size=8"])
     model = build_method(cfg)
     assert isinstance(model, MoCoV2 if name == "mocov2" else MoCoV3)
-    assert model.batchformer is not None and model.temperature == cfg.method.temperature
+    assert model.batchformer is not None
+    assert model.temperature == resolved(cfg).method.temperature == {"resnet18": {
+        "mocov2": 0.2, "mocov3": 1.0}, "vit_tiny": {"mocov2": 0.2, "mocov3": 0.2}}[backbone][name]
     if name == "mocov3":  # the ViT predictor ends with BN, the ResNet one does not
         assert isinstance(model.predictor[-1], nn.BatchNorm1d) == backbone.startswith("vit")
     loss, _ = model.train()(*views(12))
@@ -412,8 +415,9 @@ def test_mocov2_default_head_is_feature_dim_wide():
     from sslkit import config
     from sslkit.methods import MoCoV2
 
-    cfg = config.build({}, ["method.queue_size=64", "train.batch_size=8"])
-    model = MoCoV2(nn.Sequential(nn.Flatten(), nn.Linear(12, 24)), 24, cfg.method,
+    cfg = resolved(config.build({}, ["method.queue_size=64", "train.batch_size=8"]))
+    method = dataclasses.replace(cfg.method, proj_hidden_dim=None)  # null: the feature dim
+    model = MoCoV2(nn.Sequential(nn.Flatten(), nn.Linear(12, 24)), 24, method,
                    cfg.batchformer)
     linears = [m for m in model.projector if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(24, 24), (24, 128)]

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from sslkit.models.splitbn import SplitBatchNorm1d, SplitBatchNorm2d, convert_split_bn
+from sslkit.resolved import resolved
 
 
 def _reference(x: torch.Tensor, weight, bias, splits: int, eps: float) -> torch.Tensor:
@@ -80,9 +81,9 @@ def _tiny_v2(splits: int):
     from sslkit.models.backbones import build_backbone
 
     torch.manual_seed(0)
-    cfg = config.build({}, ["method.queue_size=64", "method.proj_hidden_dim=16",
-                            "method.proj_dim=8", f"method.bn_splits={splits}",
-                            "train.batch_size=8"])
+    cfg = resolved(config.build({}, ["method.queue_size=64", "method.proj_hidden_dim=16",
+                                     "method.proj_dim=8", f"method.bn_splits={splits}",
+                                     "train.batch_size=8"]))
     backbone, dim = build_backbone("resnet18", cifar_stem=True, width=4)
     return MoCoV2(backbone, dim, cfg.method, cfg.batchformer)
 

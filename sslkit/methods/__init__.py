@@ -7,15 +7,18 @@ from sslkit.config import Config
 from sslkit.methods.base import MoCoBase
 from sslkit.methods.moco_v2 import MoCoV2
 from sslkit.methods.moco_v3 import MoCoV3
+from sslkit.methods.registry import METHODS
 from sslkit.models.backbones import backbone_from_config
 from sslkit.optim import cosine_momentum  # re-exported: the momentum schedule of MoCo-v3
-
-METHODS: dict[str, type[nn.Module]] = {"mocov2": MoCoV2, "mocov3": MoCoV3}
 
 __all__ = ["METHODS", "MoCoBase", "MoCoV2", "MoCoV3", "build_method", "cosine_momentum"]
 
 
 def build_method(cfg: Config) -> nn.Module:
-    """The backbone of ``cfg.model`` wrapped in the method ``cfg.method.name``."""
+    """The backbone of ``cfg.model`` wrapped in the method ``cfg.method.name``; keys left null
+    take their defaults (:func:`sslkit.resolved.resolved`; a no-op on a resolved config)."""
+    from sslkit.resolved import resolved  # resolved imports the method modules: at call time
+
+    cfg = resolved(cfg)
     backbone, feat_dim = backbone_from_config(cfg)
     return METHODS[cfg.method.name](backbone, feat_dim, cfg.method, cfg.batchformer)

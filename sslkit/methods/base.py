@@ -23,8 +23,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from sslkit.config import BatchFormerConfig, v2_needs_vit
-from sslkit.models.batchformer import BatchFormer, BatchFormerV2
+from sslkit.config import BatchFormerConfig
+from sslkit.models.batchformer import BatchFormer, BatchFormerV2, v2_needs_vit
 
 Stats = dict[str, Tensor]
 

@@ -16,11 +16,38 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sslkit import distributed as dist
-from sslkit.config import BatchFormerConfig, MethodConfig, check_bn_splits, check_queue_size
+from sslkit.config import BatchFormerConfig, Config, MethodConfig
+from sslkit.errors import ConfigError
 from sslkit.losses import moco_v2_loss, moco_v2_similarities
 from sslkit.methods.base import MoCoBase, Stats
 from sslkit.models.heads import build_mlp
 from sslkit.models.splitbn import convert_split_bn
+
+
+def check_queue_size(queue_size: int, per_step: int, detail: str) -> None:
+    """MoCo-v2's queue must be a multiple of the keys enqueued per step (``per_step``, made
+    of ``detail``), so that every step writes one contiguous block."""
+    if queue_size % per_step:
+        ok = max(per_step, queue_size // per_step * per_step)
+        raise ConfigError(f"method.queue_size={queue_size} must be a multiple of the keys "
+                          f"enqueued per step ({per_step} = {detail}); e.g. "
+                          f"--set method.queue_size={ok}")
+
+
+def check_bn_splits(batch: int, bn_splits: int, what: str = "train.batch_size") -> None:
+    """One-process shuffle-BN splits the batch into ``bn_splits`` equal groups."""
+    if batch % bn_splits:
+        raise ConfigError(f"{what}={batch} must be divisible by method.bn_splits={bn_splits} "
+                          f"(shuffle-BN groups); change one of them, or --set "
+                          f"method.bn_splits=1")
+
+
+def _keys_per_step(batch: int, symmetric: bool, keys_both: bool) -> tuple[int, str]:
+    """(keys enqueued per step for a global batch, what they are made of)."""
+    streams = 2 if keys_both else 1
+    return (batch * (2 if symmetric else 1) * streams,
+            (" x 2 (symmetric)" if symmetric else "")
+            + (" x 2 (batchformer.keys=both enqueues both key streams)" if keys_both else ""))
 
 
 class MoCoV2(MoCoBase):
@@ -32,9 +59,30 @@ class MoCoV2(MoCoBase):
     on the plain stream, averaged over the directions.
     """
 
+    @staticmethod
+    def paper_defaults(vit: bool) -> dict:
+        """MoCo-v2's values for the method keys left null (facebookresearch/moco main_moco.py):
+        K = 65536, m = 0.999 (constant), T = 0.2, head D-D-128 without BN; the hidden width
+        null = the backbone's feature dim (2048 for a ResNet-50, filled by the resolver)."""
+        return dict(temperature=0.2, queue_size=65536, momentum=0.999,
+                    momentum_schedule="constant", proj_dim=128, proj_hidden_dim=None,
+                    proj_layers=2, proj_bn=False, pred_hidden_dim=None)
+
+    @staticmethod
+    def check_config(cfg: Config) -> None:
+        """The rules of a config for MoCo-v2 (its method keys resolved): the queue holds whole
+        steps of keys; one-process shuffle-BN groups divide the batch."""
+        m, bf = cfg.method, cfg.batchformer
+        per_step, detail = _keys_per_step(cfg.train.batch_size, m.symmetric,
+                                          bf.enabled and bf.keys == "both")
+        check_queue_size(int(m.queue_size), per_step, "train.batch_size" + detail)
+        if m.shuffle_bn and m.bn_splits > 1:
+            check_bn_splits(cfg.train.batch_size, m.bn_splits)
+
     def __init__(self, backbone: nn.Module, feat_dim: int, method: MethodConfig,
                  batchformer: BatchFormerConfig):
         super().__init__(backbone, feat_dim, batchformer)
+        self._checked: tuple[int, int] | None = None
         self.temperature = float(method.temperature)
         self.queue_size = int(method.queue_size)
         self.symmetric = bool(method.symmetric)
@@ -85,14 +133,15 @@ class MoCoV2(MoCoBase):
 
     # ------------------------------------------------------------------ queue
     def _check_batch(self, batch: int) -> None:
+        """The config rules for the batch this process actually sees (once per batch size)."""
         world = dist.get_world_size()
+        if self._checked == (batch, world):
+            return
         check_bn_splits(batch, self.bn_splits, what="the per-process batch")
-        streams = 2 if self.keys_both else 1
-        check_queue_size(self.queue_size,
-                         batch * world * (2 if self.symmetric else 1) * streams,
-                         f"batch {batch} x {world} process(es)"
-                         + (" x 2 (symmetric)" if self.symmetric else "")
-                         + (" x 2 (batchformer.keys=both)" if streams == 2 else ""))
+        per_step, detail = _keys_per_step(batch * world, self.symmetric, self.keys_both)
+        check_queue_size(self.queue_size, per_step,
+                         f"batch {batch} x {world} process(es)" + detail)
+        self._checked = (batch, world)
 
     @torch.no_grad()
     def _enqueue(self, keys: Tensor) -> None:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from sslkit import distributed as dist
-from sslkit.config import BatchFormerConfig, MethodConfig
+from sslkit.config import BatchFormerConfig, Config, MethodConfig
 from sslkit.losses import moco_v3_loss, moco_v3_similarities
 from sslkit.methods.base import MoCoBase, Stats
 from sslkit.models.heads import build_mlp
@@ -34,6 +34,19 @@ class MoCoV3(MoCoBase):
     Stats ``pos_sim`` / ``neg_sim``: mean cosine of q with its own key / the other gathered
     keys, on the plain stream, averaged over the two directions.
     """
+
+    @staticmethod
+    def paper_defaults(vit: bool) -> dict:
+        """MoCo-v3's values for the method keys left null (facebookresearch/moco-v3
+        main_moco.py, builder.py): T = 1.0 for a ResNet, 0.2 for a ViT; m cosine 0.99 -> 1;
+        projector 4096-256 (2 layers ResNet, 3 ViT) with BN; predictor 4096 wide."""
+        return dict(temperature=0.2 if vit else 1.0, queue_size=None, momentum=0.99,
+                    momentum_schedule="cosine", proj_dim=256, proj_hidden_dim=4096,
+                    proj_layers=3 if vit else 2, proj_bn=True, pred_hidden_dim=4096)
+
+    @staticmethod
+    def check_config(cfg: Config) -> None:
+        """MoCo-v3 has no rule beyond the schema's."""
 
     def __init__(self, backbone: nn.Module, feat_dim: int, method: MethodConfig,
                  batchformer: BatchFormerConfig, *, vit: bool | None = None):

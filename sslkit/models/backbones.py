@@ -24,6 +24,7 @@ exported backbone loads into ``torchvision.models.resnet18()`` (same stem, ``fc`
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
@@ -35,6 +36,11 @@ from sslkit.errors import ConfigError
 
 
 # --------------------------------------------------------------------------- ResNet
+def default_maxpool(cifar_stem: bool) -> bool:
+    """The ResNet stem keeps torchvision's 3x3 stride-2 max-pool unless it is the CIFAR stem."""
+    return not cifar_stem
+
+
 class ResNetBackbone(ResNet):
     """torchvision's ResNet at base width ``width`` with ``fc = nn.Identity()``.
 
@@ -56,7 +62,7 @@ class ResNetBackbone(ResNet):
             self.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        pool = (not cifar_stem) if maxpool is None else maxpool
+        pool = default_maxpool(cifar_stem) if maxpool is None else maxpool
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if pool else nn.Identity()
         self.layer1 = self._make_layer(block, width, layers[0])
         self.layer2 = self._make_layer(block, 2 * width, layers[1], stride=2)
@@ -181,16 +187,54 @@ def _vit(dim: int, layers: int, heads: int) -> Callable[..., tuple[nn.Module, in
 
 
 # --------------------------------------------------------------------------- registry
-BACKBONES: dict[str, Callable[..., tuple[nn.Module, int]]] = {
-    "resnet18": _resnet(BasicBlock, [2, 2, 2, 2]),
-    "resnet34": _resnet(BasicBlock, [3, 4, 6, 3]),
-    "resnet50": _resnet(Bottleneck, [3, 4, 6, 3]),
-    "vit_tiny": _vit(192, 12, 3),  # DeiT-Ti (Touvron et al. 2021)
+@dataclass(frozen=True)
+class Arch:
+    """One entry of the registry: its builder and the facts the rest of sslkit asks of the
+    model without building it (the feature width, a ViT's default depth)."""
+
+    build: Callable[..., tuple[nn.Module, int]]
+    family: str                 # "resnet" or "vit"
+    expansion: int = 1          # ResNet: channels of a block's output per base-width channel
+    dim: int = 0                # ViT: hidden width
+    depth: int = 0              # ViT: default number of blocks (model.vit_depth overrides)
+
+
+ARCHS: dict[str, Arch] = {
+    "resnet18": Arch(_resnet(BasicBlock, [2, 2, 2, 2]), "resnet", expansion=1),
+    "resnet34": Arch(_resnet(BasicBlock, [3, 4, 6, 3]), "resnet", expansion=1),
+    "resnet50": Arch(_resnet(Bottleneck, [3, 4, 6, 3]), "resnet", expansion=4),
+    "vit_tiny": Arch(_vit(192, 12, 3), "vit", dim=192, depth=12),  # DeiT-Ti (Touvron et al. 2021)
     # MoCo-v3's ViT-S has 12 heads of 32 dims (facebookresearch/moco-v3 vits.py), unlike
     # DeiT-S's 6 heads of 64.
-    "vit_small": _vit(384, 12, 12),
-    "vit_base": _vit(768, 12, 12),
+    "vit_small": Arch(_vit(384, 12, 12), "vit", dim=384, depth=12),
+    "vit_base": Arch(_vit(768, 12, 12), "vit", dim=768, depth=12),
 }
+BACKBONES: dict[str, Callable[..., tuple[nn.Module, int]]] = {
+    name: arch.build for name, arch in ARCHS.items()}
+
+
+def _arch(name: str) -> Arch:
+    if name not in ARCHS:
+        raise ConfigError(f"unknown backbone '{name}'; valid: {', '.join(ARCHS)}")
+    return ARCHS[name]
+
+
+def is_vit(name: str) -> bool:
+    """Whether ``name`` is a transformer (BatchFormerV2 needs one; MoCo-v3 picks its ViT
+    defaults)."""
+    return _arch(name).family == "vit"
+
+
+def feature_dim(name: str, width: int = 64) -> int:
+    """The feature dimension of backbone ``name`` at ResNet base width ``width``, without
+    building it: 8 x width x expansion for a ResNet, the hidden width for a ViT."""
+    arch = _arch(name)
+    return arch.dim if arch.family == "vit" else 8 * width * arch.expansion
+
+
+def vit_depth(name: str, depth: Optional[int] = None) -> int:
+    """The number of blocks of ViT ``name``: ``depth`` (model.vit_depth) or the model's own."""
+    return depth if depth is not None else _arch(name).depth
 
 
 def build_backbone(name: str, *, in_channels: int = 3, cifar_stem: bool = False, width: int = 64,
@@ -198,13 +242,12 @@ def build_backbone(name: str, *, in_channels: int = 3, cifar_stem: bool = False,
                    depth: Optional[int] = None, freeze_patch_embed: bool = False,
                    maxpool: Optional[bool] = None) -> tuple[nn.Module, int]:
     """``(backbone without classifier, feature dim)`` for ``name`` in :data:`BACKBONES`."""
-    if name not in BACKBONES:
-        raise ConfigError(f"unknown backbone '{name}'; valid: {', '.join(BACKBONES)}")
+    build = _arch(name).build
     if in_channels not in (1, 3):
         raise ConfigError(f"in_channels={in_channels} is invalid: use 1 or 3")
     if depth is not None and depth < 1:
         raise ConfigError(f"model.vit_depth={depth} is invalid: must be >= 1")
-    return BACKBONES[name](in_channels=in_channels, cifar_stem=cifar_stem, width=width,
+    return build(in_channels=in_channels, cifar_stem=cifar_stem, width=width,
                            zero_init_residual=zero_init_residual, image_size=image_size,
                            patch_size=patch_size, depth=depth,
                            freeze_patch_embed=freeze_patch_embed, maxpool=maxpool)

@@ -16,14 +16,49 @@ code; their DeiT code forgets to duplicate the batch at the first point, which w
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from sslkit import distributed as dist
-from sslkit.config import insertion_points
 from sslkit.errors import ConfigError
+
+
+def default_insert_after(depth: int) -> list[int]:
+    """BatchFormerV2's default placement for a ViT of ``depth`` blocks: after block
+    ``depth - 1 - round(depth / 4)`` (halves round up), so that the last quarter of the blocks
+    runs on both streams. 12 blocks: [8], the authors' DeiT placement (Hou et al.,
+    github.com/zhihou7/BatchFormer, batchformer-v2/deit_share); 6: [3]; 4: [2]; 1: [0]."""
+    return [depth - 1 - int(math.floor(depth / 4 + 0.5))]
+
+
+def v2_needs_vit(backbone: str) -> ConfigError:
+    """The error for BatchFormerV2 on a backbone that is no ViT."""
+    return ConfigError(f"batchformer.version=v2 needs a ViT backbone (model.backbone=vit_tiny, "
+                       f"vit_small or vit_base): it runs between transformer blocks, and "
+                       f"model.backbone={backbone} has none; use batchformer.version=v1 with it")
+
+
+def insertion_points(insert_after: Optional[list[int]], depth: int) -> list[int]:
+    """BatchFormerV2's insertion points (sorted) for a ViT of ``depth`` blocks: the 0-based
+    indices of ``batchformer.insert_after``, or :func:`default_insert_after` for null."""
+    points = default_insert_after(depth) if insert_after is None else list(insert_after)
+    shown = "[" + ", ".join(str(i) for i in points) + "]"
+    if not points:
+        raise ConfigError(f"batchformer.insert_after=[] names no block; give 0-based block "
+                          f"indices in 0..{depth - 1}, or null for the default "
+                          f"{default_insert_after(depth)}")
+    bad = [i for i in points if not 0 <= i < depth]
+    if bad:
+        raise ConfigError(f"batchformer.insert_after={shown} is out of range: the ViT "
+                          f"has {depth} blocks, so the 0-based indices must be in "
+                          f"0..{depth - 1} (default {default_insert_after(depth)})")
+    if len(set(points)) != len(points):
+        raise ConfigError(f"batchformer.insert_after={shown} names a block twice; "
+                          f"name each block once")
+    return sorted(points)
 
 
 class BatchFormer(nn.Module):
@@ -77,7 +112,7 @@ class BatchFormerV2(nn.Module):
     ViTBackbone`; the module holds no part of it, so the backbone exports alone).
 
     ``insert_after``: 0-based blocks followed by the module (None:
-    :func:`sslkit.config.default_insert_after`, [8] for 12 blocks). ``shared``: one
+    :func:`default_insert_after`, [8] for 12 blocks). ``shared``: one
     :class:`BatchFormer` reused at every point (``blocks.0``), else one per point
     (``blocks.k`` for the k-th point). The encoder runs in fp32 under autocast (the authors'
     ``--no_fp16_bt``).

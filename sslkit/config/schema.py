@@ -1,0 +1,274 @@
+"""The configuration schema: a tree of frozen dataclasses, one per section of a YAML config.
+
+Every key has a default; numeric bounds and the help text live in the field's metadata
+(checked by :mod:`sslkit.config.loading`). Keys left ``null`` for "the default" are filled by
+:func:`sslkit.resolved.resolved` from the code that owns each fact (the method's paper
+defaults, the backbone's depth and feature width, the augmentation preset, the dataset's
+statistics). A :class:`Config` is built once and passed down as typed sub-configs, never
+mutated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+
+
+def _f(default: Any = None, *, gt: float | None = None, ge: float | None = None,
+       lt: float | None = None, le: float | None = None, length: int | None = None,
+       help: str = "") -> Any:
+    """A schema field with optional numeric bounds (checked on every number, list items too)."""
+    meta = {"gt": gt, "ge": ge, "lt": lt, "le": le, "length": length, "help": help}
+    if isinstance(default, list):
+        return field(default_factory=lambda d=tuple(default): list(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    output_dir: str = _f("runs/default", help="run directory (config, metrics, tb/, checkpoints)")
+    seed: int = _f(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = _f("auto", help="auto picks CUDA when present")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
+        "auto", help="auto: bf16 on CUDA when supported, else fp32")
+    channels_last: bool = _f(False)
+    num_threads: Optional[int] = _f(None, ge=1, help="torch CPU threads (null: torch default)")
+    log_every_steps: int = _f(10, ge=1)
+    tensorboard: bool = _f(True)
+    aug_grid_every: int = _f(10, ge=0, help="epochs between augmentation grids (0: start only)")
+    progress: bool = _f(True, help="tqdm progress bars")
+    overwrite: bool = _f(False, help="allow a new run to replace another run's directory")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: Literal["fashion_mnist", "cifar10", "cifar100", "stl10", "imagefolder",
+                  "synthetic"] = _f("fashion_mnist")
+    root: str = _f("data")
+    image_size: int = _f(32, ge=8, help="side of the augmented views")
+    load_size: Optional[int] = _f(None, ge=8, help="imagefolder: side the shorter edge is "
+                                  "resized to for evaluation (Resize(256) + CenterCrop(224)), "
+                                  "and the square of crop_from=square (null: "
+                                  "image_size*256/224)")
+    crop_from: Literal["original", "square"] = _f(
+        "original", help="imagefolder pretraining: random crops of the whole decoded image "
+        "(original, the papers' recipe) or of a centre load_size square (square, for "
+        "small-image folders)")
+    decode_device: Literal["cpu", "cuda"] = _f(
+        "cpu", help="imagefolder, crop_from=original: decode JPEGs in the loader workers (cpu) "
+        "or in batches on the GPU with nvjpeg (cuda; the workers only read bytes)")
+    channels: Literal[1, 3] = _f(3, help="1 or 3; grayscale data is repeated to 3 when 3")
+    download: bool = _f(False)
+    subset: Union[int, float, None] = _f(None, gt=0, help="count (int) or fraction (0,1]")
+    long_tail: Optional[float] = _f(None, ge=1, help="imbalance ratio r of a long-tailed "
+                                    "training set (null: off): class i of the sorted classes "
+                                    "keeps floor(n_max r^(-i/(C-1))) images (Cao et al. 2019); "
+                                    "the test split stays whole")
+    num_workers: int = _f(2, ge=0)
+    class_list: Optional[str] = _f(None, help="imagefolder: file naming the classes to use")
+    skip_corrupt: bool = _f(False, help="imagefolder: skip undecodable images (logs a count)")
+    mean: Optional[list[float]] = _f(None, length=None)
+    std: Optional[list[float]] = _f(None, gt=0)
+    synthetic_classes: int = _f(10, ge=2)
+    synthetic_train: int = _f(2000, ge=1)
+    synthetic_test: int = _f(500, ge=1)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """null means "the preset's value"; a 2-list for blur_p/solarize_p gives (view1, view2)."""
+    preset: Literal["auto", "mocov2", "mocov3", "mocov2_small", "mocov3_small"] = _f("auto")
+    crop_scale: Optional[list[float]] = _f(None, gt=0, le=1, length=2)
+    crop_ratio: Optional[list[float]] = _f(None, gt=0, length=2)
+    flip_p: Optional[float] = _f(None, ge=0, le=1)
+    jitter_p: Optional[float] = _f(None, ge=0, le=1)
+    brightness: Optional[float] = _f(None, ge=0)
+    contrast: Optional[float] = _f(None, ge=0)
+    saturation: Optional[float] = _f(None, ge=0)
+    hue: Optional[float] = _f(None, ge=0, le=0.5)
+    grayscale_p: Optional[float] = _f(None, ge=0, le=1)
+    blur_p: Union[float, list[float], None] = _f(None, ge=0, le=1)
+    blur_sigma: Optional[list[float]] = _f(None, gt=0, length=2)
+    solarize_p: Union[float, list[float], None] = _f(None, ge=0, le=1)
+    solarize_threshold: Optional[float] = _f(None, ge=0, le=1)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: Literal["resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small",
+                      "vit_base"] = _f("resnet18")
+    cifar_stem: bool = _f(False, help="3x3 stride-1 conv1, no maxpool (for 28-32 px images)")
+    maxpool: Optional[bool] = _f(None, help="ResNet stem max-pool (null: kept unless "
+                                 "cifar_stem; true with cifar_stem halves the maps, ~2.5x faster)")
+    width: int = _f(64, ge=1, help="ResNet base width (64 = torchvision)")
+    zero_init_residual: bool = _f(False)
+    patch_size: int = _f(16, ge=1, help="ViT patch size")
+    vit_depth: Optional[int] = _f(None, ge=1, help="ViT depth override (null: the model's)")
+    freeze_patch_embed: bool = _f(True, help="ViT: frozen random patch projection (MoCo-v3)")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """null values are resolved to the method's paper defaults (:func:`sslkit.resolved.resolved`)."""
+    name: Literal["mocov2", "mocov3"] = _f("mocov2")
+    temperature: Optional[float] = _f(None, gt=0)
+    queue_size: Optional[int] = _f(None, ge=1, help="MoCo-v2 queue length K")
+    momentum: Optional[float] = _f(None, ge=0, le=1, help="EMA momentum (start value)")
+    momentum_schedule: Optional[Literal["constant", "cosine"]] = _f(None)
+    proj_dim: Optional[int] = _f(None, ge=1)
+    proj_hidden_dim: Optional[int] = _f(None, ge=1, help="MoCo-v2: null = the backbone's "
+                                        "feature dim (the official D-D-128 head)")
+    proj_layers: Optional[int] = _f(None, ge=1)
+    proj_bn: Optional[bool] = _f(None, help="BN in the projector's hidden layers")
+    pred_hidden_dim: Optional[int] = _f(None, ge=1, help="MoCo-v3 predictor width")
+    symmetric: bool = _f(False, help="MoCo-v2: symmetric loss (MoCo-v3 always is)")
+    shuffle_bn: bool = _f(True, help="MoCo-v2: shuffle BN for the key encoder (across "
+                          "processes; in one process emulated with bn_splits groups)")
+    bn_splits: int = _f(8, ge=1, help="MoCo-v2 in one process: BN statistics per group of "
+                        "the batch (1 = plain BN, which leaks the positive)")
+    sync_bn: bool = _f(False)
+
+
+@dataclass(frozen=True)
+class BatchFormerConfig:
+    enabled: bool = _f(False)
+    heads: int = _f(4, ge=1)
+    ffn_dim: Optional[int] = _f(None, ge=1, help="null: the feature dim")
+    dropout: float = _f(0.5, ge=0, lt=1)
+    layers: int = _f(1, ge=1)
+    scope: Literal["local", "global"] = _f("local", help="attend over the per-process batch "
+                                           "(local) or the gathered batch (global)")
+    version: Literal["v1", "v2"] = _f("v1", help="v1: on the pooled features (CVPR 2022); v2: "
+                                      "on every token between ViT blocks (BatchFormerV2)")
+    insert_after: Optional[list[int]] = _f(None, help="v2: 0-based ViT blocks followed "
+                                           "by the module (null: depth-1-round(depth/4), [8] "
+                                           "for 12 blocks)")
+    shared: bool = _f(True, help="v2: one module reused at every insertion point (false: one "
+                      "per point)")
+    lr_scale: float = _f(1.0, gt=0, help="LR of the BatchFormer's parameter group, as a "
+                         "multiple of the optimizer's LR")
+    weight_decay: Optional[float] = _f(None, ge=0, help="weight decay of the BatchFormer's "
+                                       "parameter group (null: optim.weight_decay)")
+    keys: Literal["plain", "both"] = _f(
+        "plain", help="plain: the momentum keys have no BatchFormer and are the positives of "
+        "both query streams; both: the authors' scheme, the momentum branch also passes its "
+        "features through the same BatchFormer (no gradient), the loss averages the 4 query x "
+        "key stream pairings and MoCo-v2 enqueues both key streams")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["sgd", "lars", "adamw"] = _f("sgd")
+    lr: float = _f(0.03, gt=0, help="base LR for a global batch of 256")
+    lr_scaling: Literal["linear", "none"] = _f("linear", help="linear: lr x global_batch/256")
+    momentum: float = _f(0.9, ge=0, lt=1)
+    weight_decay: float = _f(1e-4, ge=0)
+    betas: list[float] = _f([0.9, 0.999], ge=0, lt=1, length=2)
+    warmup_epochs: float = _f(0.0, ge=0)
+    schedule: Literal["cosine", "constant"] = _f("cosine")
+    min_lr: float = _f(0.0, ge=0)
+    lars_eta: float = _f(0.001, gt=0)
+    exclude_bias_norm: bool = _f(False, help="no weight decay on bias/norm (LARS: always)")
+    grad_clip: Optional[float] = _f(None, gt=0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _f(200, ge=1)
+    batch_size: int = _f(256, ge=1, help="global batch (split over processes)")
+    max_steps: Optional[int] = _f(None, ge=1, help="null: no cap")
+    checkpoint_every_steps: Optional[int] = _f(None, ge=1, help="null: once per epoch")
+    nan_policy: Literal["stop", "skip"] = _f("stop")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    mode: Literal["standard", "cached"] = _f("standard")
+    epochs: int = _f(100, ge=1)
+    batch_size: int = _f(256, ge=1)
+    lr: float = _f(30.0, gt=0, help="standard probe LR (for batch 256)")
+    weight_decay: float = _f(0.0, ge=0)
+    schedule: Literal["step", "cosine"] = _f("step")
+    milestones: list[float] = _f([0.6, 0.8], gt=0, lt=1, help="step decays, as fractions "
+                                 "of eval.epochs")
+    lr_grid: list[float] = _f([0.01, 0.03, 0.1, 0.3, 1.0, 3.0], gt=0)
+    wd_grid: list[float] = _f([0.0, 1e-5, 1e-4], ge=0)
+    aug_copies: int = _f(0, ge=0, help="cached mode: augmented copies of train features")
+    val_fraction: float = _f(0.1, gt=0, lt=1, help="cached mode: held-out part of train")
+    knn_k: int = _f(200, ge=1)
+    knn_t: float = _f(0.1, gt=0)
+    knn_ks: list[int] = _f([10, 20, 100, 200], ge=1)
+    knn_ts: list[float] = _f([0.07, 0.1], gt=0)
+    knn_every: int = _f(1, ge=0, help="epochs between online kNN (0: off)")
+    knn_bank_size: Optional[int] = _f(None, ge=1, help="online kNN: train images in the bank")
+    embedding_samples: int = _f(500, ge=0, help="TensorBoard projector samples (0: off)")
+    shot_groups: list[int] = _f([100, 20], ge=0, length=2, help="many-shot classes have more "
+                                "than the first number of training images, few-shot fewer "
+                                "than the second (Liu et al. 2019); medium between")
+    online_probe: bool = _f(False, help="train a linear head on the detached backbone "
+                            "features of each training batch (its own optimizer; no effect "
+                            "on the backbone); metrics keys probe_*")
+    online_probe_lr: float = _f(0.1, gt=0, help="the online probe's SGD LR (batch 256)")
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    batchformer: BatchFormerConfig = field(default_factory=BatchFormerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (lists, not tuples), safe for ``yaml.safe_dump``."""
+        return {s.name: {f.name: _plain(getattr(getattr(self, s.name), f.name))
+                         for f in dataclasses.fields(getattr(self, s.name))}
+                for s in dataclasses.fields(self)}
+
+    def to_yaml(self) -> str:
+        """Block-style YAML (lists inline) that :func:`load` reads back to an equal Config."""
+        return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False)
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper writing sections as blocks and lists inline: ``betas: [0.9, 0.999]``."""
+
+
+_Dumper.add_representer(
+    list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+
+
+def _plain(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+# --------------------------------------------------------------------------- schema access
+SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(Config)[f.name]
+                             for f in dataclasses.fields(Config)}
+
+
+def all_keys() -> list[str]:
+    """Every dotted key of the schema, e.g. ``train.batch_size``."""
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def _field(section: str, name: str) -> tuple[Any, dict]:
+    cls = SECTIONS[section]
+    return typing.get_type_hints(cls)[name], {f.name: f for f in dataclasses.fields(cls)}[name].metadata
+
+
+def _is_str_key(key: str) -> bool:
+    section, _, name = key.partition(".")
+    try:
+        tp, _ = _field(section, name)
+    except KeyError:
+        return False
+    return tp is str or (typing.get_origin(tp) is Union and str in typing.get_args(tp))
