@@ -60,7 +60,7 @@ def main() -> None:
             def block(t=t, batches=batches):
                 for _ in range(args.steps):
                     images, labels = next(batches)
-                    t._step(images, labels, 0)
+                    t.train_step(images, labels)
             runs.append(block)
         a, b = timed_alternately(runs, device, args.blocks)
     a, b = a / args.steps, b / args.steps

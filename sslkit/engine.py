@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from sslkit import distributed as dist_utils
 from sslkit.augment import augmentation_grid, eval_transform_from_config
@@ -29,27 +30,13 @@ from sslkit.knn import knn_accuracy
 from sslkit.methods import build_method
 from sslkit.metrics import TB_ONLINE, TB_TRAIN, MetricsLog, Progress, Summary, print_summary
 from sslkit.online_probe import OnlineProbe
-from sslkit.optim import build_optimizer, build_scheduler, cosine_momentum
+from sslkit.optim import build_optimizer, build_scheduler
 from sslkit.pipeline import build_pretrain_input
 from sslkit.resolved import feature_dim, resolved
 from sslkit.rundir import check_run_dir, clear_run_dir, compare_resume_config
-from sslkit.runtime import (autocast, configure_cpu, fork_rng, params_finite, resolve_device,
+from sslkit.runtime import (configure_cpu, fork_rng, params_finite, resolve_device,
                             resolve_precision, rng_state, seed_everything, set_rng_state)
-
-
-class TrainingDiverged(UserError):
-    """The loss became NaN/inf (train.nan_policy=stop)."""
-
-
-@dataclasses.dataclass
-class StepResult:
-    """What one optimizer step reports: the loss (mean over processes), the LR and EMA
-    momentum it used, and the method's stats (detached tensors)."""
-
-    loss: float
-    lr: float
-    momentum: float
-    stats: dict[str, torch.Tensor]
+from sslkit.step import StepResult, TrainingDiverged, TrainStep
 
 
 class Trainer:
@@ -87,8 +74,12 @@ class Trainer:
         seed_everything(cfg.run.seed)  # identical model init on every rank
         self._build_data()
         self._build_model()
-        self.start_step, self.skipped = 0, 0
+        self.start_step = self.step = 0  # steps done (self.step advances with train_step)
         self.ckpt_source: Path | None = None
+        self.stepper = TrainStep(cfg, self.method, self.model, self.optimizer, self.scheduler,
+                                 self.scaler, self.input.to_views, self.device,
+                                 self.precision, self.total_steps, self.steps_per_epoch,
+                                 self.probe)
         if resume:
             self._load_resume_state()
         else:  # per-rank randomness for augmentation (after the identical init)
@@ -167,8 +158,8 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.probe is not None and "online_probe" in ckpt:
             self.probe.load_state_dict(ckpt["online_probe"])
-        self.start_step = int(ckpt["step"])
-        self.skipped = int(ckpt.get("skipped_steps", 0))
+        self.start_step = self.step = int(ckpt["step"])
+        self.stepper.skipped = int(ckpt.get("skipped_steps", 0))
         rngs = ckpt["rng"]
         set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
         self.ckpt_source = source
@@ -185,7 +176,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": step // self.steps_per_epoch, "step": step,
                 "data": {"steps_per_epoch": self.steps_per_epoch, "seed": self.cfg.run.seed},
-                "skipped_steps": self.skipped, "config": self.cfg.to_dict(), "rng": rngs,
+                "skipped_steps": self.stepper.skipped, "config": self.cfg.to_dict(), "rng": rngs,
                 **({"online_probe": self.probe.state_dict()} if self.probe is not None else {})}
 
     def save_checkpoint(self, step: int) -> None:
@@ -277,22 +268,45 @@ class Trainer:
                 "lr": c.optim.lr, "optimizer": c.optim.name,
                 "temperature": float(c.method.temperature)}
 
+    def train_step(self, images, labels: torch.Tensor) -> StepResult:
+        """One optimizer step of this run on a batch from its loader (uint8 images), exactly
+        as :meth:`fit` runs it (:class:`sslkit.step.TrainStep`); advances :attr:`step`."""
+        result = self.stepper.step(images, labels, self.step)
+        self.step += 1
+        return result
+
+    @property
+    def skipped(self) -> int:
+        """Non-finite steps skipped so far (``train.nan_policy: skip``)."""
+        return self.stepper.skipped
+
+    def batches(self):
+        """The loader's batches from :attr:`step` on, to the end of its epoch; the wait for
+        each is the profiler range ``sslkit.data``."""
+        epoch, offset = divmod(self.step, self.steps_per_epoch)
+        self.sampler.set_epoch(epoch)
+        self.sampler.set_start(offset, self.local_batch)
+        it = iter(self.input.loader)
+        while True:
+            with record_function("sslkit.data"):
+                batch = next(it, None)
+            if batch is None:
+                return
+            yield batch
+
     def _train(self, log: MetricsLog, bar: Progress, stop_after: int | None
                ) -> tuple[int, float | None, dict | None]:
         """Steps from ``start_step`` to the end (or ``stop_after``); returns (the step reached,
         the last loss, the last online kNN result)."""
         cfg, spe = self.cfg, self.steps_per_epoch
         every_ckpt = cfg.train.checkpoint_every_steps
-        step, last_loss, knn = self.start_step, None, None
+        last_loss, knn = None, None
         t_log, n_log = time.time(), 0
         self.method.train()
-        while step < self.total_steps:
-            epoch, offset = divmod(step, spe)
-            self.sampler.set_epoch(epoch)
-            self.sampler.set_start(offset, self.local_batch)
-            for images, labels in self.input.loader:
-                result = self._step(images, labels, step)
-                step += 1
+        while self.step < self.total_steps:
+            for images, labels in self.batches():
+                result = self.train_step(images, labels)
+                step = self.step
                 n_log += labels.shape[0] * self.world
                 last_loss = result.loss
                 bar.update(1)
@@ -306,56 +320,7 @@ class Trainer:
                     self.save_checkpoint(step)
                 if step >= self.total_steps or (stop_after is not None and step >= stop_after):
                     return step, last_loss, knn
-        return step, last_loss, knn
-
-    def _step(self, images, labels: torch.Tensor, step: int) -> StepResult:
-        """One optimizer step on a batch of uint8 images (``step`` steps done before it);
-        the labels serve the online probe only.
-
-        A non-finite loss stops the run (``train.nan_policy: stop``) or skips the step
-        (``skip``). The forward pass has already written the batch into the method's buffers
-        (MoCo-v2's queue and its pointer, BN running statistics), so a skipped step restores
-        them from a copy taken before it and leaves out the momentum update: it leaves no
-        trace but the LR schedule's step and the count of skipped steps.
-        """
-        cfg, dev = self.cfg, self.device
-        saved = ([b.detach().clone() for b in self.method.buffers()]
-                 if cfg.train.nan_policy == "skip" else None)
-        view1, view2 = self.input.to_views(images)
-        if cfg.run.channels_last:
-            view1 = view1.contiguous(memory_format=torch.channels_last)
-            view2 = view2.contiguous(memory_format=torch.channels_last)
-        with autocast(dev, self.precision):
-            loss, stats = self.model(view1, view2)
-        # the mean over ranks: a NaN anywhere stops (or skips) every rank alike
-        loss_value = float(dist_utils.all_reduce_mean(loss.detach().float()))
-        self.optimizer.zero_grad(set_to_none=True)
-        if not math.isfinite(loss_value):
-            if cfg.train.nan_policy == "stop":
-                raise TrainingDiverged(
-                    f"loss is {loss_value} at step {step + 1} (epoch {step // self.steps_per_epoch + 1}); "
-                    f"stopped with the last finite checkpoint kept; lower optim.lr or "
-                    f"set train.nan_policy=skip")
-            with torch.no_grad():
-                for buf, copy in zip(self.method.buffers(), saved):
-                    buf.copy_(copy)
-            self.skipped += 1
-        else:
-            self.scaler.scale(loss).backward()
-            if cfg.optim.grad_clip is not None:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.method.parameters(), cfg.optim.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.probe is not None:
-                self.probe.step(self.method.features, labels)
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
-        m = (cosine_momentum(step, self.total_steps, cfg.method.momentum)
-             if cfg.method.momentum_schedule == "cosine" else cfg.method.momentum)
-        if math.isfinite(loss_value):
-            self.method.momentum_update(m)
-        return StepResult(loss_value, lr, m, stats)
+        return self.step, last_loss, knn
 
     def _log_step(self, log: MetricsLog, bar: Progress, step: int, result: StepResult,
                   img_per_s: float) -> None:

@@ -104,14 +104,14 @@ def test_export_matches_trained_backbone_and_loads_into_torchvision(tmp_path):
 
 def inject_fault(trainer: Trainer, call: int, value: float) -> None:
     """Make the loss of the ``call``-th forward pass non-finite (multiplied by ``value``)."""
-    real, calls = trainer.model, {"n": 0}
+    real, calls = trainer.stepper.model, {"n": 0}
 
     def faulty(v1, v2):
         calls["n"] += 1
         loss, stats = real(v1, v2)
         return (loss * value if calls["n"] == call else loss), stats
 
-    trainer.model = faulty
+    trainer.stepper.model = faulty
 
 
 def test_nan_loss_stops_and_keeps_last_finite_checkpoint(tmp_path):
@@ -168,7 +168,7 @@ def test_resume_refuses_another_data_order(tmp_path):
 def inject_inf_view(trainer: Trainer, call: int, record: dict) -> None:
     """At the ``call``-th batch, put an inf into the second view (after recording the
     method's state just before that step)."""
-    real, calls = trainer.input.to_views, {"n": 0}
+    real, calls = trainer.stepper.to_views, {"n": 0}
 
     def faulty(images):
         calls["n"] += 1
@@ -179,7 +179,7 @@ def inject_inf_view(trainer: Trainer, call: int, record: dict) -> None:
             v2[0, 0, 0, 0] = float("inf")
         return v1, v2
 
-    trainer.input.to_views = faulty
+    trainer.stepper.to_views = faulty
 
 
 @pytest.mark.parametrize("method", ["mocov2", "mocov3"])
@@ -210,3 +210,23 @@ def test_sync_bn_on_cpu_processes_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="method.sync_bn=true needs CUDA"):
         Trainer(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_train_step_is_the_step_fit_runs(tmp_path):
+    """Benchmarks time Trainer.train_step: driven by hand over Trainer.batches() it ends at
+    the same weights, buffers and optimizer state as fit() over the same steps."""
+    cfg = tiny_config(tmp_path / "a", method="mocov2", bf=True, epochs=2,
+                      extra=["eval.knn_every=0", "run.aug_grid_every=0"])
+    fitted = Trainer(cfg)
+    fitted.fit(stop_after_steps=5)  # crosses an epoch boundary (4 steps per epoch)
+    manual = Trainer(tiny_config(tmp_path / "b", method="mocov2", bf=True, epochs=2,
+                                 extra=["eval.knn_every=0", "run.aug_grid_every=0"]))
+    manual.method.train()
+    while manual.step < 5:
+        for images, labels in manual.batches():
+            manual.train_step(images, labels)
+            if manual.step == 5:
+                break
+    a, b = fitted.method.state_dict(), manual.method.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert manual.scheduler.state_dict() == fitted.scheduler.state_dict()
