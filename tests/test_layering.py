@@ -26,7 +26,7 @@ LAYERS = {
     "sslkit.knn": 1, "sslkit.export": 1, "sslkit.rundir": 1, "sslkit.metrics": 1,
     "sslkit.pipeline": 1, "sslkit.online_probe": 1,
     "sslkit.methods": 2, "sslkit.resolved": 2,
-    "sslkit.engine": 3, "sslkit.preview": 3, "linear_eval": 3,
+    "sslkit.engine": 3, "sslkit.step": 3, "sslkit.preview": 3, "linear_eval": 3,
     "sslkit.cli": 4,
 }
 
