@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from sslkit import distributed as dist
 from sslkit.config import BatchFormerConfig, Config, MethodConfig
@@ -172,5 +173,6 @@ class MoCoV2(MoCoBase):
             keys = k1 + k2
         loss, stats = self._merge(parts)
         if self.training:
-            self._enqueue(torch.cat(keys))
+            with record_function("sslkit.queue"):  # a phase of sslkit.step's breakdown
+                self._enqueue(torch.cat(keys))
         return loss, stats
