@@ -1,7 +1,8 @@
 """BatchFormerV2's step cost on a ViT, side by side in one run (rows go to docs/benchmarks.md).
 
-MoCo-v3 training steps (kornia views + forward + backward + AdamW + EMA) of the same small
-ViT without a BatchFormer, with BatchFormer v1 (on the pooled features) and with
+The engine's own MoCo-v3 training steps (``Trainer.train_step``: kornia views, forward,
+backward, AdamW, EMA, as ``run_pretrain.py`` runs them, on synthetic data of the demo's
+shape) of the same small ViT without a BatchFormer, with BatchFormer v1 (on the pooled features) and with
 BatchFormerV2 (on the tokens after ``--insert-after``), timed in alternating blocks after a
 warm-up, median of ``--blocks``. The measured ratios are set against the ratio expected from
 multiply-accumulates (MACs) and where the module sits: with the insertion after block i of d,
@@ -45,13 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import (export_vs_torchvision, machine, timed_alternately,  # noqa: E402
-                    torch_kornia_versions, write_rows)
-from sslkit import config  # noqa: E402
-from sslkit.augment import build_views  # noqa: E402
+from common import (EngineSteps, bench_trainer, export_vs_torchvision, machine,  # noqa: E402
+                    timed_alternately, torch_kornia_versions, write_rows)
 from sslkit.export import backbone_state_dict  # noqa: E402
-from sslkit.methods import build_method  # noqa: E402
-from sslkit.optim import build_optimizer  # noqa: E402
+from sslkit.models.batchformer import default_insert_after  # noqa: E402
 from sslkit.runtime import autocast  # noqa: E402
 
 SECTION = "## BatchFormerV2 on a ViT: step cost (`bench/bfv2.py`)"
@@ -75,7 +73,7 @@ def cpu_timed_alternately(fns, device: torch.device, repeats: int) -> list[float
     return [statistics.median(t) for t in times]
 
 
-def make_cfg(args, version: str | None) -> config.Config:
+def make_items(args, version: str | None) -> list[str]:
     items = [f"data.image_size={args.image_size}", f"data.channels={args.channels}",
              "data.name=synthetic", f"model.backbone={args.model}", f"model.vit_depth={args.depth}",
              f"model.patch_size={args.patch}", "method.name=mocov3", "method.proj_dim=128",
@@ -84,8 +82,9 @@ def make_cfg(args, version: str | None) -> config.Config:
              f"batchformer.enabled={'false' if version is None else 'true'}",
              f"batchformer.version={version or 'v1'}",
              f"batchformer.insert_after=[{args.insert_after}]", "batchformer.lr_scale=0.5",
-             "batchformer.weight_decay=0"]
-    return config.build({}, items)
+             "batchformer.weight_decay=0", f"data.synthetic_train={4 * args.batch}",
+             "data.num_workers=0", "train.epochs=100"]
+    return items + ([f"run.num_threads={args.threads}"] if args.threads else [])
 
 
 def expected_ratios(args, dim: int) -> tuple[float, float]:
@@ -162,44 +161,19 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     timer = timed_alternately if args.clock == "wall" else cpu_timed_alternately
     where = machine(dev)
-    torch.manual_seed(0)
-    n = args.batch * 4
-    images = torch.randint(0, 256, (n, args.channels, args.image_size, args.image_size),
-                           dtype=torch.uint8)
-    views = build_views("mocov3_small", args.image_size, [0.5] * args.channels,
-                        [0.25] * args.channels, channels=args.channels).to(dev)
-    methods = {}
-    for version in (None, "v1", "v2"):
-        cfg = make_cfg(args, version)
-        torch.manual_seed(0)
-        m = build_method(cfg).to(dev).train()
-        methods[version] = (m, build_optimizer(m, cfg.optim, args.batch))
-    cursor = {"i": 0}
-
-    def batch() -> torch.Tensor:
-        i = cursor["i"] = (cursor["i"] + 1) % (n // args.batch)
-        return images[i * args.batch:(i + 1) * args.batch].to(dev, non_blocking=True)
+    trainers = {version: bench_trainer(make_items(args, version), dev, args.precision)
+                for version in (None, "v1", "v2")}
+    runners = {version: EngineSteps(t) for version, t in trainers.items()}
 
     def steps(version):
-        m, opt = methods[version]
-
-        def run():
-            for _ in range(args.steps):
-                v1, v2 = views(batch())
-                with autocast(dev, args.precision):
-                    loss, _ = m(v1, v2)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                m.momentum_update(0.99)
-        return run
+        return lambda: runners[version].run(args.steps)
 
     t_plain, t_v1, t_v2 = timer([steps(None), steps("v1"), steps("v2")], dev,
                                             args.blocks)
-    exp_v2, exp_v1 = expected_ratios(args, methods[None][0].backbone.hidden_dim)
+    exp_v2, exp_v1 = expected_ratios(args, trainers[None].method.backbone.hidden_dim)
     # the same ratio from the measured cost of what v2 adds: the later blocks on 2B rows
     # instead of B, the BF layer, the heads on 2B rows (forward + backward, two views)
-    parts = component_times(args, methods["v2"][0], dev, timer)
+    parts = component_times(args, trainers["v2"].method, dev, timer)
     after = args.depth - 1 - args.insert_after
     added = 2 * (after * (parts["block_2B"] - parts["block_B"]) + parts["bf_B"]
                  + parts["heads_2B"] - parts["heads_B"])
@@ -214,7 +188,7 @@ def main() -> None:
     # the trained v2 model's backbone, exported and loaded into torchvision's own ViT
     from torchvision.models.vision_transformer import VisionTransformer
 
-    m = methods["v2"][0].eval()
+    m = trainers["v2"].method.eval()
     exported = m.backbone
     tv = VisionTransformer(image_size=args.image_size, patch_size=args.patch,
                            num_layers=args.depth, num_heads=exported.encoder.layers[0]
@@ -224,7 +198,7 @@ def main() -> None:
     tv.heads = nn.Identity()
     tv.load_state_dict(backbone_state_dict(m.state_dict()), strict=True)
     tv = tv.to(dev).eval()
-    x = images[:64].to(dev).float() / 255
+    x = trainers["v2"].train_set.images[:64].to(dev).float() / 255
 
     ratio, same = export_vs_torchvision(exported, tv, x, dev,
                                         lambda: autocast(dev, args.precision), args.steps,

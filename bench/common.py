@@ -115,3 +115,49 @@ def export_vs_torchvision(exported: torch.nn.Module, tv: torch.nn.Module, x: tor
     if not same:
         raise SystemExit("exported backbone and torchvision model disagree")
     return t_exp / t_tv, same
+
+
+# --------------------------------------------------------------------------- the engine's step
+def bench_trainer(items: Sequence[str], device: torch.device, precision: str,
+                  config_path: str | None = None):
+    """A :class:`sslkit.engine.Trainer` for a benchmark: ``config_path`` (or the defaults)
+    plus ``items``, a throwaway run directory, no logging, no online kNN. Benchmarks of
+    sslkit's pretraining time its :meth:`~sslkit.engine.Trainer.train_step`, the step that
+    ``run_pretrain.py`` runs (GradScaler, gradient clipping, non-finite guard, LR schedule,
+    EMA included)."""
+    import tempfile
+
+    from sslkit import config
+    from sslkit.engine import Trainer
+
+    out = tempfile.mkdtemp(prefix="sslkit-bench-")
+    extra = [f"run.output_dir={out}", f"run.device={device.type}",
+             f"run.precision={precision}", "run.progress=false", "run.tensorboard=false",
+             "eval.knn_every=0", "run.aug_grid_every=0"]
+    data = config.read_yaml_file(config_path) if config_path else {}
+    return Trainer(config.build(data, [*items, *extra], source=config_path or "bench"))
+
+
+class EngineSteps:
+    """``run(n)``: ``n`` of the trainer's own steps (:meth:`Trainer.train_step`), on the
+    batches of its loader (cycled over epochs) or, with ``batch``, on one fixed batch of
+    (uint8 images, labels) already where the caller wants them."""
+
+    def __init__(self, trainer, batch: tuple[torch.Tensor, torch.Tensor] | None = None):
+        self.trainer, self.batch, self._it = trainer, batch, None
+        trainer.method.train()
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.batch is not None:
+            return self.batch
+        while True:
+            if self._it is None:
+                self._it = self.trainer.batches()
+            item = next(self._it, None)
+            if item is not None:
+                return item
+            self._it = None
+
+    def run(self, n: int) -> None:
+        for _ in range(n):
+            self.trainer.train_step(*self.next_batch())

@@ -40,12 +40,12 @@ step() {  # step NAME TIMEOUT_S COMMAND...
 }
 
 if [ "$QUICK" = 1 ]; then  # toy sizes: checks the script, not the GPU
-  R50="--batch 8 --steps 1 --blocks 1 --no-write"; PRE="--batch 32 --steps 1 --blocks 1 --no-write"
+  R50="--batch 8 --steps 1 --blocks 1 --no-write"; PRE="--set train.batch_size=32 --steps 1 --blocks 1 --no-write"
   KNN="--train 2000 --queries 200 --repeats 1 --no-write"
   DATA="--images 64 --batch 16 --repeats 1 --decode-images 8 --size 64 --no-write"
   SMOKE="train.max_steps=2 train.batch_size=8 data.synthetic_train=16 data.image_size=64 model.patch_size=16"
 else
-  R50=""; PRE="--width 64 --channels 3 --image-size 32 --batch 512"
+  R50=""; PRE="--set data.name=synthetic data.channels=3 data.image_size=32 data.synthetic_train=8192 model.width=64 train.batch_size=512"
   KNN="--train 100000 --queries 10000 --repeats 2"; DATA="--workers 8 --images 2000 --repeats 3"
   SMOKE="train.max_steps=200 train.batch_size=256 data.synthetic_train=4096"
 fi

@@ -1,9 +1,10 @@
 """GPU benchmark: a MoCo-v2 ResNet-50 step at 224 px against a supervised ResNet-50 step.
 
 Both run on the same GPU, in bf16 autocast with channels_last, with the same batch of uint8
-images already on the device, timed in alternating blocks. The MoCo-v2 step is sslkit's real
-one: the two aug+ views made in batch by kornia on the GPU, the query encoder's forward and
-backward, the key encoder's forward, the queue and the momentum update. The supervised step
+images already on the device, timed in alternating blocks. The MoCo-v2 step is the engine's
+own (``Trainer.train_step``, what ``run_pretrain.py`` runs): the two aug+ views made in batch
+by kornia on the GPU, the query encoder's forward and backward, the key encoder's forward,
+the queue, the non-finite guard, SGD, the LR schedule and the momentum update. The supervised step
 is a plain torchvision ResNet-50 with a random flip, cross-entropy and SGD. MoCo-v2 does
 about 1.33x the supervised step's arithmetic (an extra forward for the key), so a ratio
 near 0.75 means the pipeline adds little; the goal is >= 0.7.
@@ -25,11 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import machine, timed_alternately, torch_kornia_versions, write_rows  # noqa: E402
-from sslkit import config  # noqa: E402
-from sslkit.augment import build_views  # noqa: E402
+from common import (EngineSteps, bench_trainer, machine, timed_alternately,  # noqa: E402
+                    torch_kornia_versions, write_rows)
 from sslkit.runtime import autocast  # noqa: E402
-from sslkit.methods import build_method  # noqa: E402
 
 SECTION = "## GPU: MoCo-v2 ResNet-50 against supervised ResNet-50 (`bench/gpu_r50.py`)"
 HEADER = ("| date | GPU | torch / kornia | batch | precision | MoCo-v2 img/s | supervised img/s "
@@ -52,15 +51,13 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = True
     cl = torch.channels_last
 
-    cfg = config.build({}, [
+    trainer = bench_trainer([
         "data.name=synthetic", "data.image_size=224", "data.channels=3",
+        f"data.synthetic_train={2 * args.batch}", "data.synthetic_test=10",
         "model.backbone=resnet50", "model.cifar_stem=false", "method.name=mocov2",
         "method.queue_size=65536", "method.temperature=0.2", "method.bn_splits=8",
-        f"train.batch_size={args.batch}"])
-    moco = build_method(cfg).to(dev).to(memory_format=cl).train()
-    moco_opt = torch.optim.SGD([p for p in moco.parameters() if p.requires_grad], lr=0.03,
-                               momentum=0.9, weight_decay=1e-4)
-    views = build_views("mocov2", 224, channels=3).to(dev)
+        "run.channels_last=true", "optim.lr=0.03", "train.epochs=100",
+        f"train.batch_size={args.batch}"], dev, "bf16")
 
     import torchvision
     sup = torchvision.models.resnet50(num_classes=1000).to(dev).to(memory_format=cl).train()
@@ -73,15 +70,10 @@ def main() -> None:
                            generator=g).to(dev)
     labels = torch.randint(0, 1000, (args.batch,), generator=g).to(dev)
 
+    moco = EngineSteps(trainer, (images, labels % 10))
+
     def moco_block():
-        for _ in range(args.steps):
-            v1, v2 = views(images)
-            with autocast(dev, "bf16"):
-                loss, _ = moco(v1.contiguous(memory_format=cl), v2.contiguous(memory_format=cl))
-            moco_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            moco_opt.step()
-            moco.momentum_update(0.999)
+        moco.run(args.steps)
 
     def sup_block():
         for _ in range(args.steps):

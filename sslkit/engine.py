@@ -275,6 +275,14 @@ class Trainer:
         self.step += 1
         return result
 
+    def train_step_on_views(self, view1: torch.Tensor, view2: torch.Tensor,
+                            labels: torch.Tensor) -> StepResult:
+        """:meth:`train_step` from two views made elsewhere (a reference pipeline's, in the
+        benchmarks): the same step without sslkit's augmentation."""
+        result = self.stepper.step_on_views(view1, view2, labels, self.step)
+        self.step += 1
+        return result
+
     @property
     def skipped(self) -> int:
         """Non-finite steps skipped so far (``train.nan_policy: skip``)."""
