@@ -69,3 +69,20 @@ def test_ci_runs_the_readme_test_command():
     gitignore = (ROOT / ".gitignore").read_text().split()
     # anchored: a bare data/ would also hide the sslkit/data/ package from git
     assert {".venv/", "/runs/", "/data/"} <= set(gitignore)
+
+
+def test_make_offers_a_cpu_only_torch(tmp_path):
+    """`make setup TORCH=cpu` installs torch and torchvision from PyTorch's CPU wheel index
+    before the package (so pip keeps them); plain `make setup` does not touch the index."""
+    import subprocess
+
+    def plan(*extra: str) -> list[str]:
+        out = subprocess.run(["make", "-n", "setup", f"VENV={tmp_path / 'v'}", *extra],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        return [ln for ln in out.splitlines() if "pip install" in ln]
+
+    cpu = plan("TORCH=cpu")
+    assert len(cpu) == 2 and "download.pytorch.org/whl/cpu" in cpu[0]
+    assert "torch torchvision" in cpu[0] and "-e '.[dev]'" in cpu[1]
+    default = plan()
+    assert len(default) == 1 and "download.pytorch.org" not in default[0]
