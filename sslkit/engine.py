@@ -28,7 +28,8 @@ from sslkit.export import backbone_state_dict
 from sslkit.features import extract_features
 from sslkit.knn import knn_accuracy
 from sslkit.methods import build_method
-from sslkit.metrics import TB_ONLINE, TB_TRAIN, MetricsLog, Progress, Summary, print_summary
+from sslkit.metrics import (TB_EVAL, TB_ONLINE, TB_TRAIN, MetricsLog, Progress, Summary,
+                            print_summary)
 from sslkit.online_probe import OnlineProbe
 from sslkit.optim import build_optimizer, build_scheduler
 from sslkit.pipeline import build_pretrain_input
@@ -254,7 +255,7 @@ class Trainer:
                             keep_previous=False)
         finally:
             bar.close()
-            log.close(self._hparams() if finished else None)
+            log.close(self._hparams() if finished else None, self._hparam_metrics())
         dist_utils.barrier()
         return Summary(str(self.run_dir), step, step // self.steps_per_epoch, last_loss,
                        knn["knn_top1"] if knn else None, time.time() - t_start, self.skipped,
@@ -262,11 +263,19 @@ class Trainer:
 
     def _hparams(self) -> dict:
         c = self.cfg
+        # strings, not booleans: TensorBoard's HParams table shows a boolean as 0.0000 / 1.0000
+        bf = c.batchformer.version if c.batchformer.enabled else "off"
         return {"method": c.method.name, "backbone": c.model.backbone, "width": c.model.width,
-                "batchformer": c.batchformer.enabled, "dataset": c.data.name,
+                "batchformer": bf, "dataset": c.data.name,
                 "epochs": c.train.epochs, "batch_size": c.train.batch_size,
                 "lr": c.optim.lr, "optimizer": c.optim.name,
                 "temperature": float(c.method.temperature)}
+
+    def _hparam_metrics(self) -> list[str]:
+        """The HParams columns this run fills: the online ones only when it measures them."""
+        online = [f"{TB_ONLINE}/knn_top1"] if self.knn_sets is not None else []
+        online += [f"{TB_ONLINE}/probe_test_top1"] if self.probe is not None and online else []
+        return [f"{TB_TRAIN}/loss", *online, f"{TB_EVAL}/knn_top1", f"{TB_EVAL}/linear_top1"]
 
     def train_step(self, images, labels: torch.Tensor) -> StepResult:
         """One optimizer step of this run on a batch from its loader (uint8 images), exactly

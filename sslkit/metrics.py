@@ -18,7 +18,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, Optional, Sequence
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -128,22 +128,19 @@ class MetricsLog:
         if self.enabled and self.tb is not None:
             self.tb.add_image(tag, img, step)
 
-    def close(self, hparams: dict | None = None) -> None:
+    def close(self, hparams: dict | None = None,
+              metrics: Sequence[str] = ()) -> None:
         """Close the log; with ``hparams``, register the run in TensorBoard's HParams tab with
-        the metrics :data:`HPARAM_METRICS` (the last value of existing curves: no extra
-        one-point charts; run_lincls adds the ``3_eval`` ones)."""
+        the columns ``metrics`` (the last value of existing curves: no extra one-point
+        charts; run_lincls adds the ``3_eval`` ones)."""
         if not self.enabled:
             return
         self.fh.close()
         if self.tb is not None:
             if hparams is not None:
-                for summary in hparams_summary(hparams, {tag: 0.0 for tag in HPARAM_METRICS}):
+                for summary in hparams_summary(hparams, {tag: 0.0 for tag in metrics}):
                     self.tb.file_writer.add_summary(summary)
             self.tb.close()
-
-
-HPARAM_METRICS = (f"{TB_TRAIN}/loss", f"{TB_ONLINE}/knn_top1", f"{TB_EVAL}/knn_top1",
-                  f"{TB_EVAL}/linear_top1")
 
 
 @dataclasses.dataclass

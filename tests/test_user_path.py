@@ -143,3 +143,34 @@ def test_load_backbone_of_any_width(tmp_path):
     trained = trainer.method.backbone.eval()
     assert torch.equal(net(x), trained(x))
     assert torch.equal(load_backbone(out / "checkpoints" / "last.pt")[0](x), trained(x))
+
+
+def _hparams_session(tb_dir: Path):
+    """(hparam values, metric tags) of the HParams session a run registered."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    values, metrics = {}, []
+    for path in sorted(tb_dir.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for v in event.summary.value:
+                if v.metadata.plugin_data.plugin_name != "hparams":
+                    continue
+                data = plugin_data_pb2.HParamsPluginData.FromString(
+                    v.metadata.plugin_data.content)
+                if data.HasField("session_start_info"):
+                    values = {k: x.WhichOneof("kind") and getattr(x, x.WhichOneof("kind"))
+                              for k, x in data.session_start_info.hparams.items()}
+                if data.HasField("experiment"):
+                    metrics = [m.name.tag for m in data.experiment.metric_infos]
+    return values, metrics
+
+
+def test_hparams_columns_are_the_ones_the_run_fills(tmp_path):
+    """No empty online-kNN column without an online kNN, and BatchFormer reads as a word."""
+    out = tmp_path / "run"
+    pretrain(tiny_config(out, epochs=1, bf=True, extra=["eval.knn_every=0"]))
+    values, metrics = _hparams_session(out / "tb")
+    assert values["batchformer"] == "v1" and values["method"] == "mocov2"
+    assert "1_train/loss" in metrics and "3_eval/linear_top1" in metrics
+    assert not [m for m in metrics if m.startswith("2_online/")]
