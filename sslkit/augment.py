@@ -399,39 +399,8 @@ def eval_transform_from_config(cfg: Any) -> CenterView:
 
 
 
-# --------------------------------------------------------------------------- visualisation
-GRID_LABELS = ("original", "view 1", "view 2")
-
-
-@torch.no_grad()
-def augmentation_grid(originals: torch.Tensor, view1: torch.Tensor, view2: torch.Tensor,
-                      labels: Sequence[str] = GRID_LABELS, min_side: int = 96,
-                      pad: int = 2) -> torch.Tensor:
-    """A (3, H, W) float grid in [0, 1] (TensorBoard's ``add_image``, the preview PNG).
-
-    Rows: ``originals``, ``view1``, ``view2``, each (n, C, S, S) in [0, 1] (1 or 3 channels),
-    each labelled on the left. Images smaller than ``min_side`` are upscaled with nearest
-    neighbours (so 28 px thumbnails stay readable and sharp).
-    """
-    rows = [r.float().cpu().clamp(0, 1) for r in (originals, view1, view2)]
-    rows = [r.expand(-1, 3, -1, -1) if r.shape[1] == 1 else r for r in rows]
-    side = rows[0].shape[-1]
-    if side < min_side:
-        factor = -(-min_side // side)
-        rows = [F.interpolate(r, scale_factor=factor, mode="nearest") for r in rows]
-    n, size = rows[0].shape[0], rows[0].shape[-1]
-    body = make_grid(torch.cat(rows), nrow=n, padding=pad, pad_value=1.0)
-    label_w = 8 * max(len(t) for t in labels) + 12
-    canvas = Image.new("RGB", (label_w, body.shape[1]), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for k, text in enumerate(labels):
-        draw.text((4, pad + k * (size + pad) + size // 2 - 5), text, fill=(0, 0, 0))
-    margin = torch.from_numpy(np.asarray(canvas, dtype=np.float32).copy() / 255.0).permute(2, 0, 1)
-    return torch.cat([margin, body], dim=2)
-
-
 __all__ = ["PRESETS", "OVERRIDE_KEYS", "build_views", "resolved_preset", "views_from_config",
            "TwoViews",
-           "adjust_hue_turns", "ColorJitter", "GRID_LABELS", "RandomResizedCrop", "RandomSolarize", "CenterView",
-           "eval_transform_from_config", "augmentation_grid",
+           "adjust_hue_turns", "ColorJitter", "RandomResizedCrop", "RandomSolarize", "CenterView",
+           "eval_transform_from_config",
            "resolve_params", "blur_kernel_size", "to_unit_float"]

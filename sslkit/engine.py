@@ -19,7 +19,8 @@ from torch import nn
 from torch.profiler import record_function
 
 from sslkit import distributed as dist_utils
-from sslkit.augment import augmentation_grid, eval_transform_from_config
+from sslkit.augment import eval_transform_from_config
+from sslkit.grid import augmentation_grid
 from sslkit.checkpoint import load_checkpoint_with_fallback, load_into, save_atomic
 from sslkit.config import Config, build as build_config, save as save_config
 from sslkit.data import build_loader, dataset_from_config

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from sslkit import config as config_mod
-from sslkit.augment import augmentation_grid
+from sslkit.grid import augmentation_grid
 from sslkit.errors import OneLineParser, UserError, guard
 from sslkit.pipeline import build_pretrain_input
 from sslkit.runtime import configure_cpu, resolve_device, seed_everything

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from sslkit import config as config_mod
-from sslkit.augment import (CenterView, RandomSolarize, augmentation_grid, blur_kernel_size,
+from sslkit.grid import augmentation_grid
+from sslkit.augment import (CenterView, RandomSolarize, blur_kernel_size,
                             build_views, resolve_params, views_from_config)
 from sslkit.errors import ConfigError
 
@@ -246,6 +247,18 @@ def test_augmentation_grid():
     assert (grid[:, :, :margin] < 0.5).any()  # the labels are drawn
     small = augmentation_grid(*[torch.zeros(2, 1, 28, 28)] * 3, min_side=96)
     assert small.shape[0] == 3 and small.shape[1] == 3 * (4 * 28 + 2) + 2  # upscaled x4
+
+
+@pytest.mark.parametrize("side", [28, 224])
+def test_augmentation_grid_labels_are_large_enough_for_a_thumbnail(side):
+    """The row labels are about a fifth of a row high (the default font's 9-px letters are
+    unreadable once TensorBoard shrinks an 8-image grid to a thumbnail)."""
+    rows = [torch.ones(8, 3, side, side)] * 3
+    grid = augmentation_grid(*rows)
+    size = max(side, 96 // side * side + (side if 96 % side else 0))  # after the upscale
+    margin = grid.shape[2] - (8 * (size + 2) + 2)
+    ink = (grid[0, : size + 2, :margin] < 0.5).any(dim=1).nonzero().flatten()  # "original"
+    assert len(ink) and int(ink.max() - ink.min()) + 1 >= size / 6, (int(ink.max() - ink.min()), size)
 
 
 def test_center_view():
