@@ -16,7 +16,6 @@ ResNet's are the same), ``--format detectron2`` the pickle detectron2 reads for 
 from __future__ import annotations
 
 import os
-import pickle
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -30,9 +29,9 @@ from sslkit.checkpoint import (is_sslkit_checkpoint, load_any, load_checkpoint, 
 from sslkit.config import Config, build as build_config, read_yaml_file
 from sslkit.data.info import normalization
 from sslkit.errors import CheckpointError, OneLineParser, UserError, guard
-from sslkit.formats import (LAYOUTS, match_names, naming, position_embedding_note,
-                            read_foreign, timm_vit_to_torchvision, to_detectron2,
-                            torchvision_vit_to_timm)
+from sslkit.formats import (LAYOUTS, dump_detectron2, match_names, naming,
+                            position_embedding_note, read_foreign, timm_vit_to_torchvision,
+                            to_detectron2, torchvision_vit_to_timm)
 from sslkit.models.backbones import backbone_from_config
 
 BACKBONE_PREFIX = "backbone."
@@ -191,8 +190,8 @@ def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike,
         raise UserError(f"detectron2 reads a pickled backbone by its .pkl extension; name the "
                         f"output e.g. {out.with_suffix('.pkl').name}")
     obj = convert(read_source(checkpoint).state, format)
-    dump = (lambda o, fh: pickle.dump(o, fh, protocol=4)) if format == "detectron2" else torch.save
-    save_atomic(obj, out, keep_previous=False, dump=dump)
+    save_atomic(obj, out, keep_previous=False,
+                dump=dump_detectron2 if format == "detectron2" else torch.save)
     return out
 
 

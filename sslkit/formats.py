@@ -28,11 +28,13 @@ weight (3D, D) holds the q, k, v rows in that order, as torchvision's ``in_proj_
 """
 from __future__ import annotations
 
+import pickle
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from sslkit.errors import CheckpointError
@@ -235,6 +237,23 @@ def detectron2_key(key: str) -> str:
     elif rest and _BN.fullmatch(rest[0]):
         rest = [f"conv{rest[0][2:]}", "norm"] + rest[1:]
     return ".".join(head + rest)
+
+
+class _PortablePickler(pickle.Pickler):
+    """Pickles numpy arrays as ``numpy.ndarray(shape, dtype, bytearray)``: loadable by numpy
+    1.x and 2.x alike (a numpy 2 array pickles as ``numpy._core...``, which numpy before
+    1.26.4 cannot find), and writable once loaded."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is np.ndarray and not obj.dtype.hasobject:
+            return np.ndarray, (obj.shape, obj.dtype.str, bytearray(obj.tobytes(order="C")))
+        return NotImplemented
+
+
+def dump_detectron2(obj: dict, fh: Any) -> None:
+    """Write :func:`to_detectron2`'s object to an open binary file (pickle protocol 2, which
+    every Python 3 reads; detectron2 loads it with ``pickle.load(f, encoding="latin1")``)."""
+    _PortablePickler(fh, protocol=2).dump(obj)
 
 
 def to_detectron2(state: dict, author: str = "sslkit") -> dict:

@@ -95,6 +95,7 @@ def test_detectron2_export_follows_the_official_converter(moco_v2_r50, tmp_path)
     with open(out, "rb") as fh:
         d2 = pickle.load(fh, encoding="latin1")  # as detectron2 reads it
     assert d2["matching_heuristics"] is True and isinstance(d2["__author__"], str)
+    assert b"numpy._core" not in out.read_bytes()  # loads under numpy 1.x as well
     expected = {}
     for k, v in model.state_dict().items():
         if not k.startswith("encoder_q.") or k.startswith("encoder_q.fc"):
@@ -111,7 +112,8 @@ def test_detectron2_export_follows_the_official_converter(moco_v2_r50, tmp_path)
     assert set(d2["model"]) == set(expected)
     for k, v in expected.items():
         assert isinstance(d2["model"][k], np.ndarray) and d2["model"][k].dtype == v.dtype, k
-        assert np.array_equal(d2["model"][k], v), k
+        assert np.array_equal(d2["model"][k], v) and d2["model"][k].shape == v.shape, k
+        assert d2["model"][k].flags.writeable, k
     assert detectron2_key("layer3.5.downsample.1.running_var") == "res4.5.shortcut.norm.running_var"
 
 
