@@ -191,7 +191,7 @@ def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike,
                         f"output e.g. {out.with_suffix('.pkl').name}")
     obj = convert(read_source(checkpoint).state, format)
     save_atomic(obj, out, keep_previous=False,
-                dump=dump_detectron2 if format == "detectron2" else torch.save)
+                dump=dump_detectron2 if format == "detectron2" else None)
     return out
 
 
