@@ -200,7 +200,8 @@ def _main(argv: list[str] | None) -> int:
                       description="Export the backbone of a checkpoint (no BatchFormer, heads, "
                                   "predictor or momentum encoder) for torchvision, timm or "
                                   "detectron2. SRC: an sslkit last.pt / backbone.pt or a "
-                                  "checkpoint of the field (" + "; ".join(LAYOUTS.values()) + ")")
+                                  "checkpoint of the field (" + "; ".join(
+                                      v for k, v in LAYOUTS.items() if k != "sslkit") + ")")
     p.add_argument("checkpoint", metavar="SRC", help="the checkpoint to read")
     p.add_argument("out", metavar="OUT", help="output file, e.g. backbone.pt (detectron2: .pkl)")
     p.add_argument("--format", choices=FORMATS, default="torchvision",
