@@ -3,7 +3,9 @@ checkpoint's backbone or a baseline), the data and transforms, the output direct
 
 Config
     base = ``--config`` if given, else the checkpoint's config (``last.pt`` carries it;
-    ``backbone.pt`` takes ``config.yaml`` beside it), then ``--set`` overrides. A baseline
+    ``backbone.pt`` takes ``config.yaml`` beside it), then ``--set`` overrides. A checkpoint
+    of the field (official MoCo v1/v2, MoCo-v3, DeiT format, timm, torchvision;
+    :mod:`sslkit.formats`) carries none: ``--config`` names its recipe. A baseline
     without ``--checkpoint`` and ``--config`` uses ``configs/demo.yaml`` (as run_pretrain.py
     does). The dataset's "train" split trains the probe / is the kNN bank, "test" is reported.
 
@@ -34,7 +36,8 @@ from sslkit.augment import CenterView, eval_transform_from_config
 from sslkit.checkpoint import load_into
 from sslkit.data import TrainSampler, build_loader, dataset_from_config, normalization, tensor_pair
 from sslkit.errors import CheckpointError, UserError
-from sslkit.export import read_backbone_source, run_dir_of
+from sslkit.export import Source, no_config_error, read_source
+from sslkit.formats import match_names
 from sslkit.models.backbones import backbone_from_config
 from sslkit.runtime import configure_cpu, resolve_device, resolve_precision, seed_everything
 
@@ -43,22 +46,19 @@ BASELINES = ("raw-pixels", "random-init")
 
 def resolve_config(checkpoint: str | None, config_path: str | None,
                    overrides: list[str] | None, baseline: str | None
-                   ) -> tuple[config_mod.Config, dict | None]:
-    """``(config, backbone state dict or None)`` (see the module docstring)."""
-    state, ckpt_cfg = None, None
-    if checkpoint is not None:
-        state, ckpt_cfg = read_backbone_source(checkpoint)
+                   ) -> tuple[config_mod.Config, Source | None]:
+    """``(config, the checkpoint's backbone or None)`` (see the module docstring)."""
+    src = read_source(checkpoint) if checkpoint is not None else None
     if config_path is not None:
         data, source = config_mod.read_yaml_file(config_path), str(config_path)
-    elif ckpt_cfg is not None:
-        data, source = ckpt_cfg, f"the config of {checkpoint}"
-    elif checkpoint is not None:
-        raise CheckpointError(f"'{checkpoint}' has no config (no config.yaml beside it); pass "
-                              f"the run's config with --config PATH")
+    elif src is not None and src.config is not None:
+        data, source = src.config, f"the config of {checkpoint}"
+    elif src is not None:
+        raise no_config_error(checkpoint, src.layout, "pass its config with --config PATH")
     else:
         path = config_mod.demo_config_path()
         data, source = config_mod.read_yaml_file(path), str(path)
-    return config_mod.build(data, overrides, source=source), state
+    return config_mod.build(data, overrides, source=source), src
 
 
 def build_model(cfg: config_mod.Config, state: dict | None, checkpoint: str | None,
@@ -74,8 +74,9 @@ def build_model(cfg: config_mod.Config, state: dict | None, checkpoint: str | No
             raise CheckpointError("no checkpoint given; pass --checkpoint PATH or --baseline")
         m = cfg.model
         arch = (f"{m.backbone}, width {m.width}, cifar_stem={str(m.cifar_stem).lower()}"
-                if m.backbone.startswith("resnet") else f"{m.backbone}, patch {m.patch_size}")
-        load_into(backbone, state, str(checkpoint),
+                if m.backbone.startswith("resnet") else f"{m.backbone}, patch {m.patch_size}"
+                if m.backbone.startswith("vit") else m.backbone)
+        load_into(backbone, match_names(state, backbone.state_dict()), str(checkpoint),
                   what=f"backbone ({arch}, {cfg.data.channels} input channels)")
     for p in backbone.parameters():
         p.requires_grad_(False)
@@ -83,11 +84,20 @@ def build_model(cfg: config_mod.Config, state: dict | None, checkpoint: str | No
 
 
 def output_dir(cfg: config_mod.Config, checkpoint: str | None, baseline: str | None,
-               output: str | None) -> Path:
+               output: str | None, run_dir: Path | None = None) -> Path:
+    """``--output``, else the checkpoint's run directory, else (a file of no sslkit run, e.g.
+    an official MoCo file) ``<its folder>/<its name without extension>_lincls/``, else (a
+    baseline without a checkpoint) ``run.output_dir``."""
     if output is not None:
         base = Path(output)
+    elif run_dir is not None:
+        base = run_dir
     elif checkpoint is not None:
-        base = run_dir_of(checkpoint)
+        path = Path(checkpoint).resolve()
+        stem = path.name
+        for ext in (".tar", ".pth", ".pt", ".ckpt", ".bin"):
+            stem = stem[:-len(ext)] if stem.endswith(ext) and len(stem) > len(ext) else stem
+        base = path.parent / f"{stem}_lincls"
     else:
         base = Path(cfg.run.output_dir)
     return base / f"baseline_{baseline.replace('-', '_')}" if baseline else base
@@ -153,15 +163,15 @@ def prepare(checkpoint: str | None, config_path: str | None, overrides: list[str
     if checkpoint is None and baseline is None:
         raise UserError("run_lincls.py needs --checkpoint PATH (a last.pt or backbone.pt), "
                         "or --baseline raw-pixels|random-init with --config")
-    cfg, state = resolve_config(checkpoint, config_path, overrides, baseline)
+    cfg, src = resolve_config(checkpoint, config_path, overrides, baseline)
     configure_cpu(cfg.run)
     seed_everything(cfg.run.seed)
     device = resolve_device(cfg.run)
     precision = resolve_precision(cfg.run, device)
     dist.init_distributed(device.type)
-    backbone, feat_dim = build_model(cfg, state, checkpoint, baseline)
+    backbone, feat_dim = build_model(cfg, src.state if src else None, checkpoint, baseline)
     backbone.to(device)
-    out_dir = output_dir(cfg, checkpoint, baseline, output)
+    out_dir = output_dir(cfg, checkpoint, baseline, output, src.run_dir if src else None)
     train_ds = dataset_from_config(cfg.data, "train", seed=cfg.run.seed)
     test_ds = dataset_from_config(cfg.data, "test", seed=cfg.run.seed)
     num_classes = int(getattr(train_ds, "num_classes", 0) or 0)

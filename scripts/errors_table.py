@@ -17,12 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from error_cases import CASES  # noqa: E402
-from sslkit.cli import lincls_main, pretrain_main  # noqa: E402
+from test_errors import MAINS, hidden  # noqa: E402
 
 HEADER = """# Errors: every bad input gets one line
 
-Bad input to `run_pretrain.py`, `run_lincls.py` or a config file stops with ONE line
-`error: ...` on stderr and exit code 2, before anything on disk is changed (no traceback;
+Bad input to `run_pretrain.py`, `run_lincls.py`, `python -m sslkit.export` or a config file
+stops with ONE line `error: ...` on stderr and exit code 2, before anything on disk is
+changed (no traceback;
 exit code 1 is reserved for internal errors, which keep their traceback so they can be
 reported). Each row below is a test case (`tests/error_cases.py`, run by
 `tests/test_errors.py`); this page is generated from them by `scripts/errors_table.py`, so
@@ -44,8 +45,9 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             argv = case.build(Path(tmp))
             err = io.StringIO()
-            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                code = (pretrain_main if case.script == "pretrain" else lincls_main)(argv)
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), \
+                    hidden(case.hide_modules):
+                code = MAINS[case.script](argv)
             line = next((ln for ln in err.getvalue().splitlines() if ln.startswith("error:")),
                         "(no error line)")
             line = line.replace(str(Path(tmp).resolve()), "<tmp>").replace(tmp, "<tmp>")
@@ -53,7 +55,8 @@ def main() -> int:
         if code != 2:
             print(f"{case.id}: exit code {code}, expected 2", file=sys.stderr)
             return 1
-        script = "run_pretrain.py" if case.script == "pretrain" else "run_lincls.py"
+        script = {"pretrain": "run_pretrain.py", "lincls": "run_lincls.py",
+                  "export": "python -m sslkit.export"}[case.script]
         rows.append(f"| `{case.id}` | {case.family} | {case.input} ({script}) | `{line}` |")
     out = ROOT / "docs" / "errors.md"
     out.write_text(HEADER + "\n".join(rows) + "\n")

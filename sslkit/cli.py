@@ -63,12 +63,17 @@ def lincls_parser(prog: str = "run_lincls.py") -> argparse.ArgumentParser:
                                   "directory. Runs under torchrun too (feature extraction and "
                                   "the standard probe are split over the processes).")
     p.add_argument("--checkpoint", metavar="PATH",
-                   help="checkpoints/last.pt or backbone.pt of a pretraining run")
-    _add_config_args(p, "YAML config (default: the checkpoint run's config.yaml)")
+                   help="checkpoints/last.pt or backbone.pt of a pretraining run, or a "
+                        "checkpoint of the field with --config (facebookresearch/moco v1/v2, "
+                        "moco-v3 ResNet/ViT, DeiT format, timm ViT, torchvision ResNet)")
+    _add_config_args(p, "YAML config (default: the checkpoint run's config.yaml; required for "
+                        "a checkpoint of another toolkit: the recipe it was trained with)")
     p.add_argument("--baseline", choices=("raw-pixels", "random-init"),
                    help="evaluate a reference instead of a checkpoint, under the same protocol")
     p.add_argument("--output", metavar="DIR",
-                   help="where to write eval.json (default: the checkpoint's run directory)")
+                   help="where to write eval.json (default: the checkpoint's run "
+                        "directory; for a file of no sslkit run, <its folder>/<its name "
+                        "without extension>_lincls/)")
     return p
 
 

@@ -8,7 +8,8 @@ it:
 * the method's paper defaults and its rules (``paper_defaults`` / ``check_config`` of the
   classes in :data:`sslkit.methods.registry.METHODS`);
 * the backbone's facts (:mod:`sslkit.models.backbones`: feature width, ViT depth, the ResNet
-  stem's max-pool), read from the registry without building a network;
+  stem's max-pool), read from the registry without building a network (a ``timm/<name>``
+  model is built once on the meta device);
 * BatchFormerV2's insertion points (:func:`sslkit.models.batchformer.insertion_points`);
 * the augmentation preset and its parameters (:func:`sslkit.augment.resolved_preset`,
   :func:`sslkit.augment.resolve_params`);
@@ -30,9 +31,9 @@ from sslkit.augment import OVERRIDE_KEYS, resolve_params, resolved_preset
 from sslkit.config import Config
 from sslkit.data.info import normalization, resize_side
 from sslkit.methods.registry import METHODS
-from sslkit.models.backbones import default_maxpool, feature_dim as arch_feature_dim, is_vit
-from sslkit.models.backbones import vit_depth
-from sslkit.models.batchformer import insertion_points, v2_needs_vit
+from sslkit.models.backbones import default_maxpool, feature_dim as arch_feature_dim, is_timm
+from sslkit.models.backbones import is_vit, vit_depth
+from sslkit.models.batchformer import insertion_points, v2_needs_vit, v2_not_on_timm
 
 
 # The configs this module returned: resolving one of them again returns it at once.
@@ -54,7 +55,8 @@ def resolved(cfg: Config) -> Config:
     if _RESOLVED.get(id(cfg)) is cfg:
         return cfg
     d, m, model, bf = cfg.data, cfg.method, cfg.model, cfg.batchformer
-    vit = is_vit(model.backbone)
+    vit = is_vit(model.backbone)  # for timm/<name>: a missing timm or model stops here
+    timm = is_timm(model.backbone)  # sslkit's model options do not apply to a timm model
     dim = feature_dim(cfg)
     method_cls = METHODS[m.name]
     fill_method = {k: v for k, v in method_cls.paper_defaults(vit).items()
@@ -74,9 +76,9 @@ def resolved(cfg: Config) -> Config:
                                   **{k: _plain(params[k]) for k in OVERRIDE_KEYS})
 
     fill_model: dict[str, Any] = {}
-    if not vit and model.maxpool is None:
+    if not vit and not timm and model.maxpool is None:
         fill_model["maxpool"] = default_maxpool(model.cifar_stem)
-    if vit and model.vit_depth is None:
+    if vit and not timm and model.vit_depth is None:
         fill_model["vit_depth"] = vit_depth(model.backbone)
 
     fill_bf: dict[str, Any] = {}
@@ -85,6 +87,8 @@ def resolved(cfg: Config) -> Config:
     if bf.enabled and bf.weight_decay is None:
         fill_bf["weight_decay"] = cfg.optim.weight_decay
     if bf.enabled and bf.version == "v2":
+        if timm:
+            raise v2_not_on_timm(model.backbone)
         if not vit:
             raise v2_needs_vit(model.backbone)
         fill_bf["insert_after"] = insertion_points(bf.insert_after,

@@ -26,10 +26,11 @@ class Case:
     input: str                                   # what the user did (for the docs)
     build: Callable[[Path], list[str]]           # -> argv (after the script name)
     fragments: tuple[str, ...]                   # must appear in the error line
-    script: str = "pretrain"                     # "pretrain" or "lincls"
+    script: str = "pretrain"                     # "pretrain", "lincls" or "export"
     needs_no_gpu: bool = False
     lazy: bool = False  # found while training (e.g. a corrupt image): the new run directory
                         # may have been started; files that existed before stay unchanged
+    hide_modules: tuple[str, ...] = ()  # imported as if not installed (e.g. timm)
 
 
 def _sets(tmp: Path, *items: str, out: str = "run") -> list[str]:
@@ -110,7 +111,7 @@ def _resume_corrupt(tmp: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------- checkpoints
-def tiny_run(tmp: Path, width: int = 4) -> Path:
+def tiny_run(tmp: Path, width: int = 4, vit: bool = False) -> Path:
     """A run directory in the sslkit format (no training): config.yaml, last.pt, backbone.pt."""
     import torch
 
@@ -118,7 +119,8 @@ def tiny_run(tmp: Path, width: int = 4) -> Path:
     from sslkit.models.backbones import backbone_from_config
 
     out = tmp / "trained"
-    cfg = config.build({}, [f"run.output_dir={out}", *TINY, f"model.width={width}"])
+    cfg = config.build({}, [f"run.output_dir={out}", *TINY, f"model.width={width}",
+                            *(VIT2 if vit else [])])
     torch.manual_seed(0)
     bb, _ = backbone_from_config(cfg)
     (out / "checkpoints").mkdir(parents=True)
@@ -162,6 +164,29 @@ def _ckpt(kind: str) -> Callable[[Path], list[str]]:
         elif kind == "directory":
             path = tmp
         return ["--checkpoint", str(path), "--output", str(tmp / "eval"), *extra]
+    return build
+
+
+def _official(kind: str) -> Callable[[Path], list[str]]:
+    """A checkpoint in facebookresearch/moco's layout (a ResNet-18), or a small ViT, handed to
+    run_lincls.py or python -m sslkit.export."""
+    def build(tmp: Path) -> list[str]:
+        from official_layouts import write_moco_v2
+
+        recipe = str(Path(__file__).resolve().parents[1] / "configs" / "imagenet_mocov2_200ep.yaml")
+        path = tmp / "moco_v2.pth.tar"
+        if kind != "vit":
+            write_moco_v2(path, "resnet18")
+        if kind == "no_config":
+            return ["--checkpoint", str(path)]
+        if kind == "other_arch":  # a ResNet-18 file, a ResNet-50 recipe
+            return ["--checkpoint", str(path), "--config", recipe]
+        if kind == "same_path":
+            return [str(path), str(path)]
+        if kind == "d2_suffix":
+            return [str(path), str(tmp / "r18_d2.pt"), "--format", "detectron2"]
+        vit = tiny_run(tmp, vit=True) / "backbone.pt"
+        return [str(vit), str(tmp / "vit_d2.pkl"), "--format", "detectron2"]
     return build
 
 
@@ -246,6 +271,16 @@ CASES: list[Case] = [
     # unknown names
     Case("unknown-backbone", "names", "`--set model.backbone=resnet19`",
          _set("model.backbone=resnet19"), ("model.backbone=resnet19", "'resnet18'")),
+    Case("timm-unknown-model", "names", "`--set model.backbone=timm/resnet19`",
+         _set("model.backbone=timm/resnet19"), ("model.backbone=timm/resnet19",
+                                                 "timm has no model", "timm/resnet")),
+    Case("timm-missing", "names", "`--set model.backbone=timm/resnet18` without timm installed",
+         _set("model.backbone=timm/resnet18"), ("needs the optional package timm",
+                                                 "pip install -e '.[timm]'"),
+         hide_modules=("timm",)),
+    Case("timm-bfv2", "config", "`--set batchformer.version=v2` on a timm ViT",
+         _set("model.backbone=timm/vit_tiny_patch16_224", "batchformer.enabled=true",
+              "batchformer.version=v2"), ("batchformer.version=v2", "timm", "version=v1")),
     Case("unknown-dataset", "names", "`--set data.name=mnist`", _set("data.name=mnist"),
          ("data.name=mnist", "'fashion_mnist'")),
     Case("unknown-optimizer", "names", "`--set optim.name=adam`", _set("optim.name=adam"),
@@ -319,8 +354,21 @@ CASES: list[Case] = [
          ("not a readable PyTorch file",), script="lincls"),
     Case("ckpt-truncated", "checkpoint", "a truncated last.pt", _ckpt("truncated"),
          ("not a readable PyTorch file",), script="lincls"),
-    Case("ckpt-foreign", "checkpoint", "another program's checkpoint (a dict of numbers)",
-         _ckpt("foreign"), ("not a state dict",), script="lincls"),
+    Case("ckpt-foreign", "checkpoint", "a checkpoint in no layout sslkit reads (a dict of "
+         "numbers)", _ckpt("foreign"), ("in no checkpoint layout sslkit reads",
+                                        "facebookresearch/moco v1/v2", "timm"), script="lincls"),
+    Case("ckpt-official-no-config", "checkpoint", "an official MoCo-v2 file without `--config`",
+         _official("no_config"), ("facebookresearch/moco", "carries no config", "--config"),
+         script="lincls"),
+    Case("ckpt-official-other-arch", "checkpoint", "an official MoCo-v2 ResNet-18 file with "
+         "the ResNet-50 recipe", _official("other_arch"), ("does not fit", "resnet50", "shape"),
+         script="lincls"),
+    Case("export-same-path", "export", "`python -m sslkit.export F F`", _official("same_path"),
+         ("refusing to overwrite",), script="export"),
+    Case("export-d2-vit", "export", "`--format detectron2` of a ViT", _official("vit"),
+         ("detectron2", "ResNet"), script="export"),
+    Case("export-d2-suffix", "export", "`--format detectron2` to a file not ending in .pkl",
+         _official("d2_suffix"), (".pkl",), script="export"),
     Case("ckpt-other-arch", "checkpoint", "a width-4 checkpoint with `--set model.width=8`",
          _ckpt("other_arch"), ("does not fit", "width 8", "shape"), script="lincls"),
     Case("ckpt-no-config", "checkpoint", "a backbone.pt with no config.yaml beside it",

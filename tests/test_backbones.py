@@ -139,6 +139,7 @@ def test_vit_loads_strictly_into_torchvision_and_one_channel():
 
 def test_errors_and_registry():
     assert set(BACKBONES) == {"resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small", "vit_base"}
+    assert set(BACKBONES) == set(config_mod.schema.BUILTIN_BACKBONES)  # the config's list
     with pytest.raises(ConfigError, match="unknown backbone 'resnet101'.*resnet18.*vit_base"):
         build_backbone("resnet101")
     with pytest.raises(ConfigError, match="not divisible"):

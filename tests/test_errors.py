@@ -4,7 +4,9 @@ The cases live in tests/error_cases.py (the same table generates docs/errors.md)
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import torch
 from conftest import ROOT
 from error_cases import CASES, Case
 from sslkit.cli import lincls_main, pretrain_main
+from sslkit.export import main as export_main
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -24,11 +27,29 @@ def snapshot(root: Path) -> dict[str, str]:
     return out
 
 
+MAINS = {"pretrain": pretrain_main, "lincls": lincls_main, "export": export_main}
+
+
+@contextlib.contextmanager
+def hidden(modules: tuple[str, ...]):
+    """``import m`` raises ImportError for each m (as if not installed) inside the block."""
+    saved = {m: sys.modules.get(m) for m in modules}
+    sys.modules.update({m: None for m in modules})
+    try:
+        yield
+    finally:
+        for m, mod in saved.items():
+            if mod is None:
+                sys.modules.pop(m, None)
+            else:
+                sys.modules[m] = mod
+
+
 def run_case(case: Case, tmp: Path, capsys) -> tuple[int, str]:
     argv = case.build(tmp)
     before = snapshot(tmp)
-    main = pretrain_main if case.script == "pretrain" else lincls_main
-    code = main(argv)
+    with hidden(case.hide_modules):
+        code = MAINS[case.script](argv)
     err = capsys.readouterr().err
     after = snapshot(tmp)
     if case.lazy:  # ignore what the newly started run directory holds; the rest must stay

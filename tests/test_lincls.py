@@ -355,7 +355,7 @@ def _truncated(src: Path, dst: Path) -> Path:
     ("missing", ["does not exist"]),
     ("empty", ["empty"]),
     ("text", ["not a readable"]),
-    ("list", ["not a state dict"]),
+    ("list", ["in no checkpoint layout sslkit reads", "found a list"]),
     ("corrupt", ["not a readable"]),
     ("no_config", ["no config", "--config"]),
     ("other_arch", ["does not fit", "width 8", "shape"]),

@@ -1,6 +1,7 @@
 """pyproject.toml, environment.yml and the Makefile/CI stay consistent."""
 from __future__ import annotations
 
+import ast
 import importlib
 import re
 import sys
@@ -50,6 +51,23 @@ def test_environment_yml_covers_every_runtime_dependency():
     assert "faiss-cpu" not in conda  # GPU users get the GPU build
     assert "python" in conda and "pytorch-gpu" in conda
     assert "-e ." in pip
+
+
+def test_timm_is_an_optional_extra_imported_lazily():
+    """timm: its own extra, in dev (the tests use it) and in environment.yml; no module of
+    sslkit/ or linear_eval/ imports it at import time (sslkit works without it)."""
+    extras = _pyproject()["project"]["optional-dependencies"]
+    assert [_name(d) for d in extras["timm"]] == ["timm"]
+    assert extras["timm"][0] in extras["dev"]
+    pip = next(d for d in yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]
+               if isinstance(d, dict))["pip"]
+    assert extras["timm"][0] in pip
+    for path in [*(ROOT / "sslkit").rglob("*.py"), *(ROOT / "linear_eval").rglob("*.py")]:
+        tree = ast.parse(path.read_text())
+        for node in tree.body:  # module level only: imports inside functions are lazy
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] == "timm" for n in names), path
 
 
 def test_console_scripts_resolve():

@@ -17,7 +17,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from sslkit.config.schema import SECTIONS, Config, _field, _is_str_key, all_keys
+from sslkit.config.schema import (BUILTIN_BACKBONES, SECTIONS, TIMM_PREFIX, Config, _field,
+                                  _is_str_key, all_keys)
 from sslkit.errors import ConfigError
 
 DEMO_CONFIG = "configs/demo.yaml"
@@ -263,6 +264,11 @@ def validate(cfg: Config) -> None:
     """Checks that involve more than one key of the config alone. Rules that need the method's
     or the model's facts (MoCo-v2's queue multiple, BatchFormerV2's insertion points) are
     checked where those facts live, when the config is resolved (:mod:`sslkit.resolved`)."""
+    bb = cfg.model.backbone
+    if bb not in BUILTIN_BACKBONES and not (bb.startswith(TIMM_PREFIX) and bb[len(TIMM_PREFIX):]):
+        names = ", ".join(repr(n) for n in BUILTIN_BACKBONES)
+        raise ConfigError(f"model.backbone={_show(bb)} is invalid: expected one of {names}, "
+                          f"or '{TIMM_PREFIX}<name>' for a timm model")
     if cfg.batchformer.keys == "both" and not cfg.batchformer.enabled:
         raise ConfigError("batchformer.keys=both passes the keys through the BatchFormer; set "
                           "batchformer.enabled=true, or batchformer.keys=plain")

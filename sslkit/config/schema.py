@@ -97,10 +97,16 @@ class AugmentConfig:
     solarize_threshold: Optional[float] = _f(None, ge=0, le=1)
 
 
+# sslkit's own backbones (sslkit.models.backbones.ARCHS); "timm/<name>" names a timm model.
+BUILTIN_BACKBONES = ("resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small", "vit_base")
+TIMM_PREFIX = "timm/"
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: Literal["resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small",
-                      "vit_base"] = _f("resnet18")
+    backbone: str = _f("resnet18", help="resnet18, resnet34, resnet50, vit_tiny, vit_small, "
+                       "vit_base, or timm/<name>: a timm model (pip install -e '.[timm]'; "
+                       "the options below are sslkit's and do not apply to it)")
     cifar_stem: bool = _f(False, help="3x3 stride-1 conv1, no maxpool (for 28-32 px images)")
     maxpool: Optional[bool] = _f(None, help="ResNet stem max-pool (null: kept unless "
                                  "cifar_stem; true with cifar_stem halves the maps, ~2.5x faster)")

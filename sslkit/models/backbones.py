@@ -20,9 +20,15 @@ exported backbone loads into ``torchvision.models.resnet18()`` (same stem, ``fc`
   MoCo-v3's initialisation; ``patch_size`` and ``depth`` options. Options of one family
   (ResNet: cifar_stem, width, zero_init_residual; ViT: image_size, patch_size, depth,
   freeze_patch_embed) are ignored by the other.
+* ``timm/<name>`` (the optional extra ``pip install -e '.[timm]'``): any timm model, built
+  with ``timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)``,
+  its feature dimension timm's ``num_features``; timm's key names (which for ResNets are
+  torchvision's). The options above do not apply to it.
 """
 from __future__ import annotations
 
+import difflib
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -32,6 +38,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from torchvision.models.vision_transformer import VisionTransformer
 
+from sslkit.config.schema import TIMM_PREFIX
 from sslkit.errors import ConfigError
 
 
@@ -186,6 +193,58 @@ def _vit(dim: int, layers: int, heads: int) -> Callable[..., tuple[nn.Module, in
     return build
 
 
+# --------------------------------------------------------------------------- timm
+
+def is_timm(name: str) -> bool:
+    """Whether ``name`` (``model.backbone``) is a timm model, ``timm/<name>``."""
+    return name.startswith(TIMM_PREFIX)
+
+
+def _timm_model(name: str) -> tuple[Any, str]:
+    """(the timm module, the model name) for ``timm/<model>``, or a one-line ConfigError
+    when timm is missing or has no such model."""
+    try:
+        import timm  # the optional extra: imported only when a timm/<name> backbone is used
+    except ImportError:
+        raise ConfigError(f"model.backbone={name} needs the optional package timm: "
+                          f"pip install -e '.[timm]'") from None
+    model = name[len(TIMM_PREFIX):]
+    if not model or not timm.is_model(model):
+        close = difflib.get_close_matches(model, timm.list_models(), n=1)
+        hint = f"; did you mean 'timm/{close[0]}'?" if close else "; see timm.list_models()"
+        raise ConfigError(f"model.backbone={name}: timm has no model '{model}'{hint}")
+    return timm, model
+
+
+def _timm_build(name: str) -> Callable[..., tuple[nn.Module, int]]:
+    def build(*, in_channels: int = 3, **_: Any) -> tuple[nn.Module, int]:
+        timm, model = _timm_model(name)
+        net = timm.create_model(model, pretrained=False, num_classes=0, in_chans=in_channels)
+        return net, int(net.num_features)
+    return build
+
+
+def _timm_arch(name: str) -> "Arch":
+    """The registry entry of ``timm/<model>`` (timm and the model checked on every call)."""
+    _timm_model(name)
+    return _timm_facts(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _timm_facts(name: str) -> "Arch":
+    """Built once on the meta device (no memory, no initialisation) to read
+    ``num_features`` and whether it is a transformer (it has a ``patch_embed``)."""
+    timm, model = _timm_model(name)
+    try:
+        with torch.device("meta"):
+            net = timm.create_model(model, pretrained=False, num_classes=0)
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        net = timm.create_model(model, pretrained=False, num_classes=0)  # a model that
+        # computes tensors' values while it is built cannot be built on the meta device
+    return Arch(_timm_build(name), "vit" if hasattr(net, "patch_embed") else "cnn",
+                dim=int(net.num_features), timm=True)
+
+
 # --------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class Arch:
@@ -193,10 +252,11 @@ class Arch:
     model without building it (the feature width, a ViT's default depth)."""
 
     build: Callable[..., tuple[nn.Module, int]]
-    family: str                 # "resnet" or "vit"
+    family: str                 # "resnet" or "vit" ("cnn" or "vit" for timm models)
     expansion: int = 1          # ResNet: channels of a block's output per base-width channel
-    dim: int = 0                # ViT: hidden width
+    dim: int = 0                # ViT: hidden width; timm: num_features
     depth: int = 0              # ViT: default number of blocks (model.vit_depth overrides)
+    timm: bool = False          # a timm/<name> model (sslkit's model options do not apply)
 
 
 ARCHS: dict[str, Arch] = {
@@ -214,8 +274,11 @@ BACKBONES: dict[str, Callable[..., tuple[nn.Module, int]]] = {
 
 
 def _arch(name: str) -> Arch:
+    if is_timm(name):
+        return _timm_arch(name)
     if name not in ARCHS:
-        raise ConfigError(f"unknown backbone '{name}'; valid: {', '.join(ARCHS)}")
+        raise ConfigError(f"unknown backbone '{name}'; valid: {', '.join(ARCHS)}, or "
+                          f"{TIMM_PREFIX}<name>")
     return ARCHS[name]
 
 
@@ -227,9 +290,10 @@ def is_vit(name: str) -> bool:
 
 def feature_dim(name: str, width: int = 64) -> int:
     """The feature dimension of backbone ``name`` at ResNet base width ``width``, without
-    building it: 8 x width x expansion for a ResNet, the hidden width for a ViT."""
+    building it: 8 x width x expansion for a ResNet, the hidden width for a ViT, timm's
+    ``num_features`` for a timm model."""
     arch = _arch(name)
-    return arch.dim if arch.family == "vit" else 8 * width * arch.expansion
+    return arch.dim if arch.family != "resnet" else 8 * width * arch.expansion
 
 
 def vit_depth(name: str, depth: Optional[int] = None) -> int:
@@ -241,7 +305,8 @@ def build_backbone(name: str, *, in_channels: int = 3, cifar_stem: bool = False,
                    zero_init_residual: bool = False, image_size: int = 224, patch_size: int = 16,
                    depth: Optional[int] = None, freeze_patch_embed: bool = False,
                    maxpool: Optional[bool] = None) -> tuple[nn.Module, int]:
-    """``(backbone without classifier, feature dim)`` for ``name`` in :data:`BACKBONES`."""
+    """``(backbone without classifier, feature dim)`` for ``name`` in :data:`BACKBONES` or
+    ``timm/<name>``."""
     build = _arch(name).build
     if in_channels not in (1, 3):
         raise ConfigError(f"in_channels={in_channels} is invalid: use 1 or 3")

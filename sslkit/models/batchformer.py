@@ -41,6 +41,15 @@ def v2_needs_vit(backbone: str) -> ConfigError:
                        f"model.backbone={backbone} has none; use batchformer.version=v1 with it")
 
 
+def v2_not_on_timm(backbone: str) -> ConfigError:
+    """The error for BatchFormerV2 on a timm model: it runs between the blocks of sslkit's own
+    ViTs (``ViTBackbone.forward_with``), which a timm model does not have."""
+    return ConfigError(f"batchformer.version=v2 runs between the blocks of sslkit's own ViTs "
+                       f"(model.backbone=vit_tiny, vit_small or vit_base), not inside the timm "
+                       f"model model.backbone={backbone}; use batchformer.version=v1 with it, "
+                       f"or an sslkit ViT")
+
+
 def insertion_points(insert_after: Optional[list[int]], depth: int) -> list[int]:
     """BatchFormerV2's insertion points (sorted) for a ViT of ``depth`` blocks: the 0-based
     indices of ``batchformer.insert_after``, or :func:`default_insert_after` for null."""
