@@ -263,9 +263,21 @@ def validate(cfg: Config) -> None:
     """Checks that involve more than one key of the config alone. Rules that need the method's
     or the model's facts (MoCo-v2's queue multiple, BatchFormerV2's insertion points) are
     checked where those facts live, when the config is resolved (:mod:`sslkit.resolved`)."""
-    if cfg.batchformer.keys == "both" and not cfg.batchformer.enabled:
+    bf = cfg.batchformer
+    if bf.keys == "both" and not bf.enabled:
         raise ConfigError("batchformer.keys=both passes the keys through the BatchFormer; set "
                           "batchformer.enabled=true, or batchformer.keys=plain")
+    # The scheme keys act on the BatchFormer's streams only: set without it, they would be
+    # silently ignored, so a config that asks for them is refused (as keys=both above).
+    scheme = [f"batchformer.{k}={_show(getattr(bf, k))}" for k, off in
+              (("frozen", False), ("loss_reduction", "mean"), ("head_bn", "joint"))
+              if getattr(bf, k) != off]
+    if scheme and not bf.enabled:
+        them = "them" if len(scheme) > 1 else "it"
+        raise ConfigError(f"{', '.join(scheme)} set{'' if len(scheme) > 1 else 's'} how the "
+                          f"BatchFormer's streams train, but the BatchFormer is off; set "
+                          f"batchformer.enabled=true, or put {them} back to the default "
+                          f"(frozen=false, loss_reduction=mean, head_bn=joint)")
     if cfg.data.mean is not None and len(cfg.data.mean) not in (1, cfg.data.channels):
         raise ConfigError(f"data.mean has {len(cfg.data.mean)} values; data.channels="
                           f"{cfg.data.channels} needs {cfg.data.channels}")
