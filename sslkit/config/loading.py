@@ -276,7 +276,7 @@ def validate(cfg: Config) -> None:
         them = "them" if len(scheme) > 1 else "it"
         raise ConfigError(f"{', '.join(scheme)} set{'' if len(scheme) > 1 else 's'} how the "
                           f"BatchFormer's streams train, but the BatchFormer is off; set "
-                          f"batchformer.enabled=true, or put {them} back to the default "
+                          f"batchformer.enabled=true, or put {them} back to the defaults "
                           f"(frozen=false, loss_reduction=mean, head_bn=joint)")
     if cfg.data.mean is not None and len(cfg.data.mean) not in (1, cfg.data.channels):
         raise ConfigError(f"data.mean has {len(cfg.data.mean)} values; data.channels="
