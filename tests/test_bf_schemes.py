@@ -101,6 +101,23 @@ def test_per_stream_momentum_projector_with_keys_of_both_streams():
         assert not torch.allclose(joint.encode_keys(x)[:B], keys[:B], rtol=1e-4)
 
 
+def test_per_stream_keys_of_both_streams_under_split_bn():
+    """MoCo-v2, one-process shuffle-BN (2 groups), keys=both, per_stream: the shuffled key
+    batch's plain stream keeps the BatchFormer-free network's groups, so the enqueued plain
+    keys are the plain network's; the BatchFormer keys follow them."""
+    kw = {"proj_bn": True, "bn_splits": 2, "queue_size": 64}
+    model = make("mocov2", method_kw=kw, keys="both", head_bn="per_stream", dropout=0.5)
+    plain = without_bf(model, "mocov2", method_kw=kw)
+    v1, v2 = views(8)
+    torch.manual_seed(9)
+    plain(v1, v2)
+    torch.manual_seed(9)
+    model(v1, v2)
+    assert int(plain.queue_ptr) == B and int(model.queue_ptr) == 2 * B
+    assert torch.equal(model.queue[:B], plain.queue[:B])
+    assert not torch.allclose(model.queue[B:2 * B], plain.queue[:B], atol=1e-3)
+
+
 # --------------------------------------------------------------------------- loss_reduction
 def ctr_v3(q, k, t):
     """The authors' contrastive_loss (moco-v3/moco/builder.py), one process: unit rows,

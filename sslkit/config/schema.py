@@ -156,8 +156,8 @@ class BatchFormerConfig:
     keys: Literal["plain", "both"] = _f(
         "plain", help="plain: the momentum keys have no BatchFormer and are the positives of "
         "both query streams; both: the authors' scheme, the momentum branch also passes its "
-        "features through the same BatchFormer (no gradient), the loss averages the 4 query x "
-        "key stream pairings and MoCo-v2 enqueues both key streams")
+        "features through the same BatchFormer (no gradient), the loss combines the 4 query x "
+        "key stream pairings (loss_reduction) and MoCo-v2 enqueues both key streams")
     frozen: bool = _f(False, help="keep the BatchFormer at its random initialisation: applied "
                       "in every stream as usual (dropout on in training), but no gradient, no "
                       "optimizer group (lr_scale and weight_decay do not apply) and no EMA; "
