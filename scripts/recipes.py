@@ -55,8 +55,13 @@ SOURCES = [
      "the MoCo CIFAR-10 demo `colab/moco_cifar10_demo.ipynb` (cell numbers below count from 0)"),
     (V3, "`c349e6e` (2021-11-25, the last commit)", "MoCo-v3: `main_moco.py`, "
      "`main_lincls.py`, `moco/builder.py`, `moco/optimizer.py`, `vits.py`, `CONFIG.md`"),
-    (BF, "`305efaa`", "the BatchFormer authors' MoCo code: `moco-v3/moco/builder.py` "
-     "(MoCo-v3), `moco-v3/moco/builder_v2.py` (MoCo-v2)"),
+    (BF, "`305efaa` (2023-05-04, the last commit); history read back to `60066b9` (2022-03-24, "
+     "the MoCo code added), through `cc7a060` (the commit the README links for its MoCo-v3 "
+     "model), `c906e92` (2022-11-30, the MoCo-v3 loss fixed) and `6f89e22` (2022-12-04, the "
+     "README's 69.6 -> 70.1)", "the BatchFormer authors' MoCo code: `moco-v3/moco/builder.py` "
+     "(MoCo-v3), `moco-v3/moco/builder_v2.py` (MoCo-v2), `moco-v3/main_moco.py`; BatchFormerV2 "
+     "in DeiT: `batchformer-v2/deit_share/` (`main.py`, `optimizer.py`, `bt.py`, `engine.py`, "
+     "`README.md`)"),
     (SOLO, "`9187ea3`", "MoCo-v3 has no official CIFAR recipe; solo-learn's "
      "`scripts/pretrain/cifar/mocov3.yaml` is the reference for the CIFAR MoCo-v3 recipes"),
 ]
@@ -97,8 +102,16 @@ class Resolved:
 
 # Behaviour fixed by sslkit's code rather than by a config key (the module says where).
 SSLKIT_EMA_UPDATE = "after the optimizer step"              # sslkit/engine.py Trainer._step
-SSLKIT_BF_LOSS = "mean of the plain and BatchFormer streams, plain keys"  # methods/base.py
+SSLKIT_BF_LOSS = "mean of the plain and BatchFormer streams, plain keys"  # methods/streams.py
 SSLKIT_BF_LOSS_BOTH = "mean of the 4 query x key stream pairings"  # batchformer.keys: both
+SSLKIT_BF_TRAINED = "trained; not in the momentum branch"
+SSLKIT_BF_AUTOCAST = "the run's autocast precision"          # BatchFormer (v1): no override
+SSLKIT_BFV2_FP32 = "fp32, autocast off around it"            # models/batchformer.py mix_tokens
+BF_FROZEN_OPTIM = "none: frozen, never updated"
+BF_JOINT_BOTH = "both streams together (2B rows), in the momentum projector too"
+BF_JOINT_PLAIN = ("both streams together (2B rows) in the online heads; the momentum "
+                  "projector sees the B plain keys")
+BF_PER_STREAM = "each stream on its own (B rows); running statistics from the plain stream"
 SSLKIT_KNN_FEATURES = "backbone output"                      # sslkit/engine.py knn_monitor
 SSLKIT_PROBE_LR_RULE = "linear"                              # linear_eval/standard.py
 
@@ -193,6 +206,8 @@ def _bf_place(r: Resolved) -> str:
 
 def _bf_optim(r: Resolved) -> str:
     b = r.cfg.batchformer
+    if b.frozen:
+        return BF_FROZEN_OPTIM
     wd = r.cfg.optim.weight_decay if b.weight_decay is None else b.weight_decay
     if b.lr_scale == 1 and wd == r.cfg.optim.weight_decay:
         return "the optimizer's LR and weight decay"
@@ -200,7 +215,26 @@ def _bf_optim(r: Resolved) -> str:
 
 
 def _bf_loss(r: Resolved) -> str:
-    return SSLKIT_BF_LOSS if r.cfg.batchformer.keys == "plain" else SSLKIT_BF_LOSS_BOTH
+    """The reduction of sslkit/methods/streams.py over the query x key stream terms."""
+    b = r.cfg.batchformer
+    if b.loss_reduction == "mean":
+        return SSLKIT_BF_LOSS if b.keys == "plain" else SSLKIT_BF_LOSS_BOTH
+    pairings = 2 * (2 if b.keys == "both" else 1)
+    if r.cfg.method.name == "mocov3":
+        return (f"sum of the {2 * pairings} query x key stream terms ({pairings} pairings x 2 "
+                f"directions)")
+    directions = 2 if r.cfg.method.symmetric else 1
+    return f"sum of the {pairings * directions} query x key stream terms"
+
+
+def _bf_head_bn(r: Resolved) -> str:
+    if r.cfg.batchformer.head_bn == "per_stream":
+        return BF_PER_STREAM
+    return BF_JOINT_BOTH if r.cfg.batchformer.keys == "both" else BF_JOINT_PLAIN
+
+
+def _bf_precision(r: Resolved) -> str:
+    return SSLKIT_BFV2_FP32 if hasattr(r.model.batchformer, "blocks") else SSLKIT_BF_AUTOCAST
 
 
 def _bf_layer(r: Resolved) -> str:
@@ -215,10 +249,8 @@ def _bf_layer(r: Resolved) -> str:
 def _bf_training(r: Resolved) -> str:
     model = r.model
     trained = all(p.requires_grad for p in model.batchformer.parameters())
-    momentum = [*model.momentum_backbone.modules(), *model.momentum_projector.modules()]
-    shared = any(isinstance(m, nn.TransformerEncoderLayer) for m in momentum)
     return (f"{'trained' if trained else 'frozen at its random init'}; "
-            f"{'also in' if shared else 'not in'} the momentum encoder")
+            f"{'the same module also in' if model.keys_both else 'not in'} the momentum branch")
 
 
 def _crop_input(r: Resolved) -> str:
@@ -309,6 +341,13 @@ def _blur(r: Resolved) -> bool:
     return any(p > 0 for p in r.aug["blur_p"])
 
 
+def _bf_heads_bn(r: Resolved) -> bool:
+    """A BatchFormer and BatchNorm in the heads (else head_bn changes nothing)."""
+    heads = [r.model.projector] + ([r.model.predictor] if hasattr(r.model, "predictor") else [])
+    return _bf(r) and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                          for h in heads for m in h.modules())
+
+
 PARAMS: list[Param] = [
     # model
     Param("backbone", "backbone", lambda r: r.cfg.model.backbone),
@@ -335,6 +374,8 @@ PARAMS: list[Param] = [
         else "the gathered global batch"), _bf),
     Param("bf_training", "BatchFormer training", _bf_training, _bf),
     Param("bf_loss", "BatchFormer loss", _bf_loss, _bf),
+    Param("bf_head_bn", "BatchNorm of the heads over the streams", _bf_head_bn, _bf_heads_bn),
+    Param("bf_precision", "BatchFormer precision under mixed precision", _bf_precision, _bf),
     # optimisation
     Param("optimizer", "optimizer", _optimizer),
     Param("lr_rule", "base LR and scaling rule", lambda r: (r.cfg.optim.lr, r.cfg.optim.lr_scaling),
@@ -632,30 +673,65 @@ MOCOV3_CIFAR: dict[str, Official] = {
 }
 
 
+_BF_V3_LOSS_NOTE = (
+    "`add_bf=1` (the README's `--add_bf 1`) returns, without division, the sum of "
+    "`contrastive_loss` over q1 and q2's plain and BatchFormer rows x the other view's plain and "
+    "BatchFormer keys: the code since c906e92 (2022-11-30), so at 305efaa. Before it (60066b9 "
+    "to c906e92's parent; cc7a060 is the commit the README links for its MoCo-v3 model) the 8 "
+    "terms were (q1p, k2p) + (q1p, k2bf) + 2 (q1bf, k2p) + 2 (q2p, k1p) + 2 (q2p, k1bf): no "
+    "(q1bf, k2bf) term, q2's BatchFormer rows unused")
+
+
 def _bf_official(dim: int, v3: bool) -> dict[str, Official]:
-    """The BatchFormer authors' MoCo settings (zhihou7/BatchFormer moco-v3/moco/)."""
+    """The BatchFormer authors' MoCo settings (zhihou7/BatchFormer moco-v3/moco/ at 305efaa)."""
     src = f"{BF} moco-v3/moco/{'builder.py' if v3 else 'builder_v2.py'}"
     layer = (f"1 x TransformerEncoderLayer(d={dim}, heads=4, ffn={dim}, dropout=0.5, ReLU, "
              f"post-norm)")
     if v3:
-        training = "frozen at its random init; also in the momentum encoder"
-        loss = ("sum of 8 terms: plain and BatchFormer queries x plain and BatchFormer keys, "
-                "both directions")
+        optim = Official(BF_FROZEN_OPTIM, f"{src}; main_moco.py", (
+            "LARS is given `model.parameters()`, but the module's `requires_grad` is False (see "
+            "BatchFormer training), so its gradient stays None and LARS skips it"))
+        training = Official("frozen at its random init; the same module also in the momentum "
+                            "branch", src, (
+                                "one `TransformerDecorator` is `fc.0` of both encoders' "
+                                "projectors; the init loop over zip(base_encoder.parameters(), "
+                                "momentum_encoder.parameters()) copies each shared tensor onto "
+                                "itself and sets `requires_grad=False`, and the EMA's filter "
+                                "`'encoder_global.'` never matches the names "
+                                "`fc.0.encoder_layers.*` (it pairs each shared tensor with itself: "
+                                "x m + x (1 - m) = x, up to rounding); "
+                                "in train mode in both branches, so its dropout is on for the "
+                                "keys too"))
+        loss = Official("sum of the 8 query x key stream terms (4 pairings x 2 directions)",
+                        src, _BF_V3_LOSS_NOTE)
     else:
-        training = "trained; also in the momentum encoder"
-        loss = ("one cross-entropy over 4N rows: plain and BatchFormer queries x plain and "
-                "BatchFormer keys, against the queue")
-    return {
+        optim = Official("the optimizer's LR and weight decay", src,
+                         "one optimizer group over `model.parameters()`")
+        training = Official("trained; the same module also in the momentum branch", src, (
+            "parameters named `encoder_layers.` are left out of the momentum copy and of the "
+            "EMA, and keep `requires_grad`"))
+        loss = Official(SSLKIT_BF_LOSS_BOTH, src, (
+            "one cross-entropy over the 4N rows of the 4 pairings (their positive logits, the "
+            "query rows repeated against the queue): the mean"))
+    out = {
         "bf_layer": Official(layer, src, "`TransformerEncoderLayer(dim, 4, dim, 0.5)` at the head "
                              "of the projector, i.e. between the pooled backbone features and "
                              "the projector; d = the backbone's feature dim"),
         "bf_place": Official("between the pooled backbone features and the projector", src),
-        "bf_optim": Official("the optimizer's LR and weight decay", src,
-                             "one optimizer group over `model.parameters()`"),
+        "bf_optim": optim,
         "bf_scope": Official("the per-process batch", src, "each GPU's batch as one sequence"),
-        "bf_training": Official(training, src),
-        "bf_loss": Official(loss, src),
+        "bf_training": training,
+        "bf_loss": loss,
+        "bf_precision": Official(SSLKIT_BF_AUTOCAST, f"{BF} moco-v3/main_moco.py" if v3 else
+                                 f"{MOCO} main_moco.py", "fp16 autocast around the forward, no "
+                                 "override for the BatchFormer" if v3 else "no autocast: fp32"),
     }
+    if v3:
+        out["bf_head_bn"] = Official(BF_JOINT_BOTH, src, (
+            "the BatchFormer is the first layer of both projectors, so every BatchNorm after it "
+            "(projector, predictor, momentum projector; SyncBN under DDP) normalises the 2N rows "
+            "of both streams"))
+    return out
 
 
 def _bfv2_official() -> dict[str, Official]:
@@ -672,18 +748,32 @@ def _bfv2_official() -> dict[str, Official]:
                              f"{src} README.md, main.py", "`--insert_idx 8`, `--shared_bt 1`; "
                              "the DETR version's two streams (the DeiT version never doubles "
                              "the batch: a bug)"),
-        "bf_optim": Official("LR x 0.5, weight decay 0", f"{src} README.md, optimizer.py",
-                             "`--bt_lr 0.5`; its own group (the code applies it only with "
-                             "`--bt_decay` > 0)"),
+        "bf_optim": Official("the optimizer's LR and weight decay",
+                             f"{src} README.md, main.py, optimizer.py", (
+                                 "the README's `--bt_lr 0.5` has no effect: "
+                                 "`create_optimizer_v2` applies `bt_lr` only when `--bt_decay` "
+                                 "> 0 (default 0), so the BatchFormer has DeiT's LR and weight "
+                                 "decay like every other layer (0.05 on its matrices, 0 on its "
+                                 "biases and norms, timm's `add_weight_decay`). With "
+                                 "`--bt_decay D` > 0 its matrices (names containing 'encoder') "
+                                 "get 0.5x the LR and decay D, its biases and norms the base LR "
+                                 "and decay 0: a split sslkit's one-group `lr_scale` does not "
+                                 "express")),
         "bf_scope": Official("the per-process batch", f"{src} bt.py"),
         "bf_training": Official("trained (supervised DeiT: no momentum encoder)", f"{src} main.py"),
         "bf_loss": Official("cross-entropy of both streams against the duplicated labels",
                             f"{src} engine.py"),
+        "bf_head_bn": Official("no BatchNorm in the head", f"{src} main.py",
+                               "timm's DeiT: a Linear classifier"),
+        "bf_precision": Official(SSLKIT_BF_AUTOCAST, f"{src} main.py, bt.py, engine.py", (
+            "`--no_fp16_bt` defaults to 0: the BatchFormer runs under DeiT's fp16 autocast; a "
+            "nonzero value runs it, and every block's attention (`BlockWrap32`, 'for ease nan'), "
+            "in fp32")),
     }
 
 
 _BFV2_DELIBERATE = {
-    "bf_training": Deliberate("trained; not in the momentum encoder", (
+    "bf_training": Deliberate(SSLKIT_BF_TRAINED, (
         "The authors' BatchFormerV2 is supervised (DeiT) and their MoCo code covers ResNets "
         "with the pooled-feature BatchFormer only; sslkit applies BatchFormerV2 to MoCo-v3's "
         "online ViT, trained, and keeps MoCo-v3's momentum encoder, as its v1 recipes do.")),
@@ -691,6 +781,16 @@ _BFV2_DELIBERATE = {
         "There are no labels to duplicate in self-supervised learning: each stream's queries "
         "are paired with the plain momentum keys, and the loss is the mean of the two streams' "
         "MoCo-v3 losses (MoCo-v3's scale, so the LR recipe holds).")),
+    "bf_head_bn": Deliberate(BF_JOINT_PLAIN, (
+        "MoCo-v3's ViT heads have BatchNorm, DeiT's classifier has none. sslkit's default "
+        "(`batchformer.head_bn: joint`) normalises both streams together, so the plain "
+        "stream equals the BatchFormer-free ViT up to the backbone features only; "
+        "`head_bn: per_stream` makes the plain queries exact too.")),
+    "bf_precision": Deliberate(SSLKIT_BFV2_FP32, (
+        "sslkit's own choice: BatchFormerV2 always runs in fp32 with autocast off around it "
+        "(sslkit/models/batchformer.py). The authors' code does so only with `--no_fp16_bt` "
+        "(off by default; it also moves every block's attention to fp32, 'for ease nan' in "
+        "their comment). The module is small beside the ViT blocks, so fp32 costs little.")),
 }
 
 
@@ -740,29 +840,44 @@ KNN_FEATURES = Deliberate((200, 0.1, SSLKIT_KNN_FEATURES), (
 
 
 def _bf_deliberate(v3: bool) -> dict[str, Deliberate]:
+    """sslkit's BatchFormer scheme (the `_bf` recipes) against the authors' MoCo code; their
+    MoCo-v3 scheme as run is configs/imagenet_mocov3_r50_100ep_bf_authors.yaml."""
     if v3:
-        training = Deliberate("trained; not in the momentum encoder", (
+        training = Deliberate(SSLKIT_BF_TRAINED, (
             "In the authors' moco-v3 builder.py the one BatchFormer module sits in both encoders' "
             "projectors, and the loop that freezes the momentum encoder sets `requires_grad=False` "
             "on it as well, so it stays at its random init for the whole run (the EMA leaves the "
-            "shared tensors unchanged). sslkit trains it, on the online branch only, as the "
-            "BatchFormer paper describes (a learned module dropped at test time); the momentum "
-            "encoder stays MoCo-v3's."))
+            "shared tensors unchanged). sslkit's scheme trains it, on the online branch only, as "
+            "the BatchFormer paper describes (a learned module dropped at test time); the "
+            "momentum encoder stays MoCo-v3's. The authors' scheme as run: the `_bf_authors` "
+            "recipe (`batchformer.keys: both`, `frozen: true`, `loss_reduction: sum`)."))
+        optim = Deliberate("the optimizer's LR and weight decay", (
+            "sslkit's scheme trains the BatchFormer (see BatchFormer training), with the "
+            "optimizer's LR and weight decay in a group of its own; the authors' is never "
+            "updated."))
         loss = Deliberate(SSLKIT_BF_LOSS, (
-            "The authors sum 8 terms (4x MoCo-v3's loss at the same LR). sslkit averages the "
-            "plain and BatchFormer streams' losses, each against the plain momentum keys, so the "
-            "loss keeps MoCo-v3's scale and the LR recipe still holds."))
-    else:
-        training = Deliberate("trained; not in the momentum encoder", (
-            "The authors' builder_v2.py shares its (trained) BatchFormer with the key encoder, "
-            "so every step enqueues 2N keys, half of them BatchFormer keys; no script of the "
-            "repository builds it, and as released its constructor raises a TypeError. sslkit "
-            "keeps MoCo-v2's key encoder and queue (plain keys only), so the recipe differs from "
-            "its twin only by the online BatchFormer stream."))
-        loss = Deliberate(SSLKIT_BF_LOSS, (
-            "sslkit averages the plain and BatchFormer streams' losses, each against the plain "
-            "keys and the queue, which keeps MoCo-v2's loss scale; the authors pair both query "
-            "streams with both key streams in one cross-entropy."))
+            "The authors sum 8 terms over keys of both streams (4x the mean, at MoCo-v3's LR). "
+            "sslkit's scheme averages the plain and BatchFormer streams' losses, each against "
+            "the plain momentum keys, so the loss keeps MoCo-v3's scale and the LR recipe still "
+            "holds."))
+        head_bn = Deliberate(BF_JOINT_PLAIN, (
+            "With plain keys the momentum projector sees the B plain keys only, while the "
+            "online heads' BatchNorm (`batchformer.head_bn: joint`, the default) normalises "
+            "both streams together as the authors' do: the plain stream is then close to, not "
+            "exactly, MoCo-v3 without BatchFormer. `head_bn: per_stream` makes it exact "
+            "(tests/test_bf_schemes.py); which trains better is measured in docs/results.md."))
+        return {"bf_training": training, "bf_optim": optim, "bf_loss": loss,
+                "bf_head_bn": head_bn}
+    training = Deliberate(SSLKIT_BF_TRAINED, (
+        "The authors' builder_v2.py shares its (trained) BatchFormer with the key encoder, "
+        "so every step enqueues 2N keys, half of them BatchFormer keys; no script of the "
+        "repository builds it, and as released its constructor raises a TypeError. sslkit "
+        "keeps MoCo-v2's key encoder and queue (plain keys only), so the recipe differs from "
+        "its twin only by the online BatchFormer stream."))
+    loss = Deliberate(SSLKIT_BF_LOSS, (
+        "sslkit averages the plain and BatchFormer streams' losses, each against the plain "
+        "keys and the queue, which keeps MoCo-v2's loss scale; the authors pair both query "
+        "streams with both key streams in one cross-entropy (also a mean)."))
     return {"bf_training": training, "bf_loss": loss}
 
 
@@ -853,6 +968,27 @@ _V2_BF_NOTES = {"projector_bn": "the BatchFormer authors' builder_v2.py adds a B
                 "head; sslkit keeps MoCo-v2's, so the recipe differs from its twin only by "
                 "the BatchFormer"}
 
+_BF_AUTHORS_REFERENCE = (
+    "MoCo-v3, ResNet-50, 100 epochs, with the BatchFormer as the authors' MoCo-v3 code runs it: "
+    "zhihou7/BatchFormer `moco-v3/moco/builder.py` and `moco-v3/main_moco.py` at 305efaa (their "
+    "main_moco.py is moco-v3's plus `--add_bf`), with the README's `--add_bf 1`: one "
+    "BatchFormer shared by both projectors, frozen at its random init, keys of both streams, "
+    "the 8-term summed loss and BatchNorm over both streams (`batchformer.keys: both`, "
+    "`frozen: true`, `loss_reduction: sum`, `head_bn: joint`). Published (their README): 68.9 "
+    "-> 70.1 linear top-1. The history of that number: 69.9 (3cb02fc, 2022-03-20), then 69.6 "
+    "with a download (8da1800, 2022-03-29), which added the sentence linking builder.py at "
+    "cc7a060 (line 139, inside the `add_bf == 37` branch of the older loss) as 'the pretrained "
+    "MoCo-V3 model corresponding to this strategy'; the loss was fixed in c906e92 "
+    "(2022-11-30); 70.1 with a new download replaced 69.6 on 2022-12-04 (6f89e22), the "
+    "sentence and its cc7a060 link unchanged. Which loss trained the 70.1 model is not "
+    "stated: this recipe is the code at 305efaa.")
+_BF_AUTHORS_NOTES = {
+    "lr": ("the authors keep MoCo-v3's LR with the summed loss (4x the mean): LARS's trust "
+           "ratio cancels the scale for the weight matrices (up to weight decay's share of the "
+           "update), not for the biases and BatchNorm parameters, which it leaves unadapted "
+           "(4x their steps)"),
+}
+
 RECIPES: dict[str, Recipe] = {r.config: r for r in [
     Recipe("imagenet_mocov2_200ep", "MoCo-v2, ResNet-50, 200 epochs (facebookresearch/moco, "
            "README: `--mlp --moco-t 0.2 --aug-plus --cos`, `--lr 0.03 --batch-size 256`, 8 GPUs).",
@@ -864,10 +1000,15 @@ RECIPES: dict[str, Recipe] = {r.config: r for r in [
     Recipe("imagenet_mocov3_r50_100ep", "MoCo-v3, ResNet-50, 100 epochs (facebookresearch/moco-v3 "
            "CONFIG.md: `--moco-m-cos --crop-min=.2`, batch 4096).",
            MOCOV3_R50, _V3_IN_DELIBERATE, _V3_IN_NOTES),
-    Recipe("imagenet_mocov3_r50_100ep_bf", "MoCo-v3, ResNet-50, 100 epochs, plus the BatchFormer "
-           "authors' MoCo-v3 settings (zhihou7/BatchFormer moco-v3/moco/builder.py, `--add_bf 1`).",
+    Recipe("imagenet_mocov3_r50_100ep_bf", "MoCo-v3, ResNet-50, 100 epochs, plus a BatchFormer in "
+           "sslkit's scheme (plain keys, trained, mean loss), against the BatchFormer authors' "
+           "MoCo-v3 settings (zhihou7/BatchFormer moco-v3/moco/builder.py, `--add_bf 1`); their "
+           "scheme as run is the `imagenet_mocov3_r50_100ep_bf_authors` recipe.",
            {**MOCOV3_R50, **_bf_official(2048, v3=True)},
            {**_V3_IN_DELIBERATE, **_bf_deliberate(True)}, _V3_IN_NOTES),
+    Recipe("imagenet_mocov3_r50_100ep_bf_authors", _BF_AUTHORS_REFERENCE,
+           {**MOCOV3_R50, **_bf_official(2048, v3=True)}, _V3_IN_DELIBERATE,
+           {**_V3_IN_NOTES, **_BF_AUTHORS_NOTES}),
     Recipe("imagenet_mocov3_vits_300ep", "MoCo-v3, ViT-Small, 300 epochs (facebookresearch/moco-v3 "
            "CONFIG.md, the 4-node command with batch 4096).",
            MOCOV3_VITS, _V3_IN_DELIBERATE, _V3_IN_NOTES),
@@ -989,10 +1130,12 @@ reason, and when this page is stale.
 **sslkit (resolved)** is what the code makes of the config: `sslkit.config.load` (keys left
 null get the method's defaults), the augmentation preset with its overrides
 (`sslkit.augment.resolve_params`), the LR scaled to the recipe's batch (`sslkit.optim`), and the
-heads, stem and BatchFormer of the method that `sslkit.methods.build_method` builds. Four
-rows state behaviour fixed by sslkit's code rather than by a key: where the momentum update
-runs (`sslkit/engine.py`), the BatchFormer loss (`sslkit/methods/base.py`), the features of the
-online kNN (`sslkit/engine.py`) and the linear probe's LR rule (`linear_eval/standard.py`).
+heads, stem and BatchFormer of the method that `sslkit.methods.build_method` builds. Five
+rows state behaviour fixed by sslkit's code rather than by a key alone: where the momentum
+update runs (`sslkit/engine.py`), the BatchFormer loss (`sslkit/methods/streams.py`, from
+`batchformer.keys` and `batchformer.loss_reduction`), the BatchFormer's precision under
+autocast (`sslkit/models/batchformer.py`: BatchFormerV2 in fp32), the features of the online
+kNN (`sslkit/engine.py`) and the linear probe's LR rule (`linear_eval/standard.py`).
 Rows whose note says **Differs** are deliberate differences, with the reason.
 
 Sources, read at these commits:

@@ -32,7 +32,8 @@ def _is_bias_or_norm(p: nn.Parameter) -> bool:
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
-    """Trainable parameters (frozen ones and the momentum encoder are left out).
+    """Trainable parameters (frozen ones, e.g. a `batchformer.frozen` BatchFormer, and the
+    momentum encoder are left out: no group of their own).
 
     LARS (and ``exclude_bias_norm``) puts biases and norm parameters in a group with no weight
     decay and no LARS adaptation. A submodule with an ``optim_group`` attribute (a dict:

@@ -243,6 +243,11 @@ CASES: list[Case] = [
          ("method.queue_size=80", "batchformer.keys=both")),
     Case("bf-keys-without-bf", "config", "`--set batchformer.keys=both` without a BatchFormer",
          _set("batchformer.keys=both"), ("batchformer.keys=both", "batchformer.enabled=true")),
+    Case("bf-scheme-without-bf", "config", "`--set batchformer.frozen=true "
+         "batchformer.loss_reduction=sum` without a BatchFormer",
+         _set("batchformer.frozen=true", "batchformer.loss_reduction=sum"),
+         ("batchformer.frozen=true", "batchformer.loss_reduction=sum",
+          "batchformer.enabled=true")),
     Case("crop-scale-order", "config", "`--set augment.crop_scale=[0.9,0.2]`",
          _set("augment.crop_scale=[0.9,0.2]"), ("augment.crop_scale", "minimum exceeds")),
     Case("warmup-too-long", "config", "`--set optim.warmup_epochs=5` with 1 epoch",

@@ -113,3 +113,21 @@ def test_docs_page_is_generated_from_the_data(tmp_path):
 
 def test_readme_links_the_page():
     assert "docs/recipes.md" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_authors_batchformer_recipe_equals_their_code():
+    """The `_bf_authors` recipe matches every BatchFormer row of the authors' MoCo-v3 code
+    (zhihou7/BatchFormer 305efaa); sslkit's own-scheme twin differs on exactly the scheme rows,
+    and the rows are read from the built model (a trained module is no longer theirs)."""
+    rows = _rows("imagenet_mocov3_r50_100ep_bf_authors")
+    bf = {k: r for k, r in rows.items() if k.startswith("bf_")}
+    assert set(bf) == {"bf_layer", "bf_place", "bf_optim", "bf_scope", "bf_training", "bf_loss",
+                       "bf_head_bn", "bf_precision"}
+    assert all(r.status == "same" for r in bf.values()), {k: r.status for k, r in bf.items()}
+    twin = _rows("imagenet_mocov3_r50_100ep_bf")
+    assert {k for k, r in twin.items() if k.startswith("bf_") and r.status == "deliberate"} == {
+        "bf_optim", "bf_training", "bf_loss", "bf_head_bn"}
+    rows = _rows("imagenet_mocov3_r50_100ep_bf_authors", ["batchformer.frozen=false",
+                                                          "batchformer.loss_reduction=mean"])
+    assert {r.key for r in recipes.problems(list(rows.values()))} == {
+        "bf_training", "bf_optim", "bf_loss"}

@@ -269,9 +269,21 @@ def validate(cfg: Config) -> None:
         names = ", ".join(repr(n) for n in BUILTIN_BACKBONES)
         raise ConfigError(f"model.backbone={_show(bb)} is invalid: expected one of {names}, "
                           f"or '{TIMM_PREFIX}<name>' for a timm model")
-    if cfg.batchformer.keys == "both" and not cfg.batchformer.enabled:
+    bf = cfg.batchformer
+    if bf.keys == "both" and not bf.enabled:
         raise ConfigError("batchformer.keys=both passes the keys through the BatchFormer; set "
                           "batchformer.enabled=true, or batchformer.keys=plain")
+    # The scheme keys act on the BatchFormer's streams only: set without it, they would be
+    # silently ignored, so a config that asks for them is refused (as keys=both above).
+    scheme = [f"batchformer.{k}={_show(getattr(bf, k))}" for k, off in
+              (("frozen", False), ("loss_reduction", "mean"), ("head_bn", "joint"))
+              if getattr(bf, k) != off]
+    if scheme and not bf.enabled:
+        them = "them" if len(scheme) > 1 else "it"
+        raise ConfigError(f"{', '.join(scheme)} set{'' if len(scheme) > 1 else 's'} how the "
+                          f"BatchFormer's streams train, but the BatchFormer is off; set "
+                          f"batchformer.enabled=true, or put {them} back to the defaults "
+                          f"(frozen=false, loss_reduction=mean, head_bn=joint)")
     if cfg.data.mean is not None and len(cfg.data.mean) not in (1, cfg.data.channels):
         raise ConfigError(f"data.mean has {len(cfg.data.mean)} values; data.channels="
                           f"{cfg.data.channels} needs {cfg.data.channels}")

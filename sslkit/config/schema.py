@@ -162,8 +162,22 @@ class BatchFormerConfig:
     keys: Literal["plain", "both"] = _f(
         "plain", help="plain: the momentum keys have no BatchFormer and are the positives of "
         "both query streams; both: the authors' scheme, the momentum branch also passes its "
-        "features through the same BatchFormer (no gradient), the loss averages the 4 query x "
-        "key stream pairings and MoCo-v2 enqueues both key streams")
+        "features through the same BatchFormer (no gradient), the loss combines the 4 query x "
+        "key stream pairings (loss_reduction) and MoCo-v2 enqueues both key streams")
+    frozen: bool = _f(False, help="keep the BatchFormer at its random initialisation: applied "
+                      "in every stream as usual (dropout on in training), but no gradient, no "
+                      "optimizer group (lr_scale and weight_decay do not apply) and no EMA; "
+                      "saved in checkpoints. The authors' MoCo-v3 code runs it this way")
+    loss_reduction: Literal["mean", "sum"] = _f(
+        "mean", help="how the query stream x key stream terms of each MoCo direction combine: "
+        "mean (MoCo's loss scale) or sum (MoCo-v3 with keys=both: the authors' 8-term loss, "
+        "4x the mean; keys=plain: 2x the mean; MoCo-v2: 2x or 4x the mean, where the "
+        "authors' own MoCo-v2 takes the mean)")
+    head_bn: Literal["joint", "per_stream"] = _f(
+        "joint", help="BatchNorm of the heads on the 2B rows of both streams: joint (one set "
+        "of batch statistics over both) or per_stream (the plain and BatchFormer halves "
+        "normalised on their own; running statistics from the plain half only), so that the "
+        "plain stream computes exactly the network without BatchFormer")
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,25 @@ Online branch:   x -> backbone -> h (B, D) -> [BatchFormer, training only: (2B, 
                  BatchFormerV2 (ViT only) sits between two transformer blocks instead:
                  x -> blocks 0..i -> tokens (B, L, D) -> cat([t, BF(t)]) -> blocks i+1.. on 2B
                  rows -> h (2B, D) -> heads.
-Momentum branch: an EMA copy of backbone + projector, no gradient, no BatchFormer.
+Momentum branch: an EMA copy of backbone + projector, no gradient; no BatchFormer, unless
+                 ``batchformer.keys: both`` (then the same BatchFormer module, no gradient).
 
 BatchFormer: Hou, Yu & Tao, CVPR 2022 (github.com/zhihou7/BatchFormer); BatchFormerV2: arXiv
-2204.01254. Both streams share the heads and the momentum keys; each contrastive term is the
-mean over the S*B query rows, i.e. the average of the streams' losses (reported as
-``loss_plain`` / ``loss_bf``). The BatchFormer's parameters live here (``batchformer.*``), never
-in the backbone, and form their own optimizer group (``batchformer.lr_scale``,
+2204.01254. Both streams share the heads and the momentum keys. The scheme keys:
+
+* ``keys`` (plain | both): which key streams the queries meet;
+* ``loss_reduction`` (mean | sum): how the query stream x key stream terms of a direction
+  combine (:mod:`sslkit.methods.streams`; reported per query stream as ``loss_plain`` /
+  ``loss_bf``);
+* ``head_bn`` (joint | per_stream): whether the heads' BatchNorm sees both streams' 2B rows
+  at once, or each stream on its own (:func:`sslkit.models.heads.per_stream`: the plain
+  stream then computes exactly the network without BatchFormer; running statistics from the
+  plain stream only);
+* ``frozen``: the BatchFormer stays at its random initialisation (no gradient, no optimizer
+  group, never in the EMA, which covers backbone + projector only; still in the state dict).
+
+The BatchFormer's parameters live here (``batchformer.*``), never in the backbone, and a
+trained BatchFormer forms its own optimizer group (``batchformer.lr_scale``,
 ``batchformer.weight_decay``; see :func:`sslkit.optim.param_groups`).
 """
 from __future__ import annotations
@@ -24,9 +36,11 @@ import torch
 from torch import Tensor, nn
 
 from sslkit.config import BatchFormerConfig
+from sslkit.methods.streams import Stats, contrast, merge
 from sslkit.models.batchformer import BatchFormer, BatchFormerV2, v2_needs_vit
+from sslkit.models.heads import per_stream
 
-Stats = dict[str, Tensor]
+__all__ = ["MoCoBase", "Stats"]
 
 
 class MoCoBase(nn.Module):
@@ -40,6 +54,8 @@ class MoCoBase(nn.Module):
         super().__init__()
         self.bf_scope = batchformer.scope
         self.keys_both = batchformer.enabled and batchformer.keys == "both"
+        self.loss_reduction = batchformer.loss_reduction if batchformer.enabled else "mean"
+        self.head_bn_per_stream = batchformer.enabled and batchformer.head_bn == "per_stream"
         self.backbone = backbone  # the exportable encoder: state-dict keys 'backbone.*'
         self.batchformer = self._build_batchformer(batchformer, feat_dim)
         self.features: Tensor | None = None  # the last batch's plain features (online probe)
@@ -57,8 +73,11 @@ class MoCoBase(nn.Module):
                 raise v2_needs_vit(type(self.backbone).__name__)
             module = BatchFormerV2(feat_dim, len(blocks), bf.insert_after, bf.shared, bf.heads,
                                    bf.ffn_dim, bf.dropout, bf.layers)
-        module.optim_group = {"name": "batchformer", "lr_scale": bf.lr_scale,
-                              "weight_decay": bf.weight_decay}
+        if bf.frozen:  # no gradient, hence no optimizer group (sslkit.optim skips it)
+            module.requires_grad_(False)
+        else:
+            module.optim_group = {"name": "batchformer", "lr_scale": bf.lr_scale,
+                                  "weight_decay": bf.weight_decay}
         return module
 
     # ------------------------------------------------------------------ momentum encoder
@@ -70,7 +89,9 @@ class MoCoBase(nn.Module):
             p.requires_grad_(False)
 
     def momentum_pairs(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
-        """(online, momentum) parameter pairs over backbone + projector, in the same order."""
+        """(online, momentum) parameter pairs over backbone + projector, in the same order.
+        The BatchFormer is never among them (with ``keys: both`` the momentum branch uses
+        the online module itself)."""
         online = [*self.backbone.parameters(), *self.projector.parameters()]
         momentum = [*self.momentum_backbone.parameters(), *self.momentum_projector.parameters()]
         return list(zip(online, momentum))
@@ -89,11 +110,23 @@ class MoCoBase(nn.Module):
     def encode_keys(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) -> momentum projections (S*B, d), not normalised: S = 1, or with
         ``batchformer.keys: both`` in training S = 2, the momentum features also passed
-        through the online BatchFormer (the same parameters, no gradient: keys are computed
-        under no_grad), plain rows first."""
+        through the online BatchFormer (the same parameters, in training mode as the online
+        branch, so its dropout is on; no gradient: keys are computed under no_grad), plain
+        rows first; with ``head_bn: per_stream`` the momentum projector normalises each key
+        stream on its own."""
         if self.keys_both and self.training:
-            return self.momentum_projector(self._streams(self.momentum_backbone, x))
+            return self._streamwise(self.momentum_projector, self.momentum_projector,
+                                    self._streams(self.momentum_backbone, x), x.shape[0])
         return self.momentum_projector(self.momentum_backbone(x))
+
+    def _streamwise(self, head: Callable[[Tensor], Tensor], owner: nn.Module, h: Tensor,
+                    b: int) -> Tensor:
+        """``head`` on h (S*B, D): on all rows at once, or with ``head_bn: per_stream`` and
+        two streams on each stream alone (running statistics of ``owner``'s BatchNorms from
+        the plain stream only)."""
+        if self.head_bn_per_stream and h.shape[0] != b:
+            return per_stream(head, h, b, owner)
+        return head(h)
 
     def _streams(self, backbone: nn.Module, x: Tensor) -> Tensor:
         """``backbone``'s features of x with the BatchFormer stream: (2B, D), plain rows first."""
@@ -116,46 +149,18 @@ class MoCoBase(nn.Module):
         """Images (B, C, H, W) -> queries (S*B, d); keeps the plain features (detached)."""
         h = self._features(x)
         self.features = h[:x.shape[0]].detach()
-        return self._heads(h)
+        return self._streamwise(self._heads, self, h, x.shape[0])
 
     # ------------------------------------------------------------------ losses
-    @staticmethod
-    def _contrast(q: Tensor, b: int, keys: list[Tensor],
+    def _contrast(self, q: Tensor, b: int, keys: list[Tensor],
                   ctr: Callable[[Tensor, Tensor], Tensor],
                   similarities: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]) -> Stats:
-        """One contrastive term of the queries q (S*B, d) against the key streams ``keys``
-        (one, or two with ``batchformer.keys: both``): ``loss`` is the mean of ``ctr`` over
-        every query stream x key stream pairing (with one key stream, ctr over all query rows:
-        the mean of the query streams' losses); ``loss_plain`` / ``loss_bf`` the query
-        streams' losses when S = 2; ``pos_sim`` / ``neg_sim`` of the plain streams."""
-        pos, neg = similarities(q[:b], keys[0])
-        out = {"pos_sim": pos, "neg_sim": neg}
-
-        def stream_loss(rows: Tensor) -> Tensor:
-            losses = [ctr(rows, k) for k in keys]
-            return losses[0] if len(losses) == 1 else sum(losses[1:], losses[0]) / len(losses)
-
-        if q.shape[0] == b:
-            out["loss"] = stream_loss(q)
-        else:  # mean over the 2B rows == average of the two streams' means
-            out["loss_plain"], out["loss_bf"] = stream_loss(q[:b]), stream_loss(q[b:])
-            out["loss"] = (out["loss_plain"] + out["loss_bf"]) / 2
-        return out
+        """One direction's term of the queries q (S*B, d) against the key streams ``keys``,
+        reduced by ``batchformer.loss_reduction`` (:func:`sslkit.methods.streams.contrast`)."""
+        return contrast(q, b, keys, ctr, similarities, self.loss_reduction)
 
     @staticmethod
     def _merge(parts: list[Stats]) -> tuple[Tensor, Stats]:
-        """(summed loss, detached stats): losses add over the terms, similarities average."""
-        loss = parts[0]["loss"]
-        for p in parts[1:]:
-            loss = loss + p["loss"]
-        stats = {}
-        for name in parts[0]:
-            if name == "loss":
-                continue
-            total = parts[0][name]
-            for p in parts[1:]:
-                total = total + p[name]
-            stats[name] = total.detach()
-        for name in ("pos_sim", "neg_sim"):
-            stats[name] = stats[name] / len(parts)
-        return loss, stats
+        """(summed loss, detached stats) over the directions
+        (:func:`sslkit.methods.streams.merge`)."""
+        return merge(parts)

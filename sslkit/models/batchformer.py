@@ -123,8 +123,8 @@ class BatchFormerV2(nn.Module):
     ``insert_after``: 0-based blocks followed by the module (None:
     :func:`default_insert_after`, [8] for 12 blocks). ``shared``: one
     :class:`BatchFormer` reused at every point (``blocks.0``), else one per point
-    (``blocks.k`` for the k-th point). The encoder runs in fp32 under autocast (the authors'
-    ``--no_fp16_bt``).
+    (``blocks.k`` for the k-th point). The encoder runs in fp32 under autocast: sslkit's
+    choice (the authors' code does so only with ``--no_fp16_bt``, off by default).
 
     train: forward(vit, x (B, C, H, W)) -> class-token features (2B, D), plain stream first.
     eval:  forward(vit, x) -> vit(x) (B, D).

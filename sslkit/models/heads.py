@@ -1,7 +1,12 @@
-"""MLP projector / predictor builder shared by the MoCo methods."""
+"""MLP projector / predictor builder shared by the MoCo methods, and the per-stream use of a
+head (``batchformer.head_bn: per_stream``)."""
 from __future__ import annotations
 
-from torch import nn
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
 
 
 def build_mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, *,
@@ -35,3 +40,36 @@ def build_mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, *,
                 layers.append(nn.BatchNorm1d(d_out))
             layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
+
+
+@contextlib.contextmanager
+def running_stats_frozen(module: nn.Module) -> Iterator[None]:
+    """Within the block, every BatchNorm of ``module`` in training mode normalises with its
+    batch statistics but leaves its running statistics (and ``num_batches_tracked``) alone:
+    ``track_running_stats`` is switched off, which torch's BatchNorm and SyncBatchNorm (and
+    sslkit's split BatchNorm) read as "batch statistics, no update"."""
+    bns = [m for m in module.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in bns:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.track_running_stats = True
+
+
+def per_stream(head: Callable[[Tensor], Tensor], x: Tensor, n: int,
+               owner: nn.Module) -> Tensor:
+    """``head`` applied to the two streams of x (2n, D) on their own: ``head(x[:n])`` (the
+    plain stream, exactly as the network without BatchFormer computes it, running statistics
+    updated) then ``head(x[n:])`` (the BatchFormer stream, its own batch statistics, the
+    running statistics of the BatchNorms of ``owner`` left alone), concatenated (2n, d).
+
+    Every other layer of an MLP head acts on each row alone, so this is "BatchNorm per
+    stream" (``batchformer.head_bn: per_stream``); in eval mode the running statistics are
+    those of the plain stream, i.e. of the network the export keeps."""
+    plain = head(x[:n])
+    with running_stats_frozen(owner):
+        second = head(x[n:])
+    return torch.cat([plain, second])

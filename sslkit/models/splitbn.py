@@ -28,16 +28,18 @@ class _SplitBN:
         n, c = x.shape[:2]
         if n % s:
             raise ValueError(f"{type(self).__name__}: batch {n} is not divisible by {s} splits")
-        mean = self.running_mean.repeat(s)
-        var = self.running_var.repeat(s)
+        track = self.track_running_stats  # off: batch statistics only, as torch's BatchNorm
+        mean = self.running_mean.repeat(s) if track else None
+        var = self.running_var.repeat(s) if track else None
         out = F.batch_norm(x.reshape(n // s, c * s, *x.shape[2:]), mean, var,
                            self.weight.repeat(s) if self.affine else None,
                            self.bias.repeat(s) if self.affine else None, True,
                            self.momentum if self.momentum is not None else 0.1, self.eps)
-        with torch.no_grad():
-            self.running_mean.copy_(mean.view(s, c).mean(dim=0))
-            self.running_var.copy_(var.view(s, c).mean(dim=0))
-            self.num_batches_tracked.add_(1)
+        if track:
+            with torch.no_grad():
+                self.running_mean.copy_(mean.view(s, c).mean(dim=0))
+                self.running_var.copy_(var.view(s, c).mean(dim=0))
+                self.num_batches_tracked.add_(1)
         return out.view(x.shape)
 
     def extra_repr(self) -> str:
