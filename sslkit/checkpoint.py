@@ -94,6 +94,16 @@ def load_any(path: Path) -> Any:
         raise CheckpointError(f"checkpoint '{path}' is empty (0 bytes); the run that wrote it "
                               f"was probably interrupted")
     try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint '{path}' ({e.strerror})") from None
+    # torch.save writes a zip archive (b"PK\x03\x04"), older PyTorch a pickle (b"\x80")
+    if not (head.startswith(b"PK") or head.startswith(b"\x80")):
+        raise CheckpointError(f"'{path}' is not a PyTorch checkpoint (torch.save writes a zip "
+                              f"archive or a pickle; this file is neither); pass a run's "
+                              f"checkpoints/last.pt or backbone.pt, or a published .pth.tar")
+    try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
             OSError, KeyError, AttributeError, IndexError, TypeError, UnicodeDecodeError,
@@ -103,8 +113,8 @@ def load_any(path: Path) -> Any:
             raise CheckpointError(f"checkpoint '{path}' holds Python objects that safe loading "
                                   f"(weights_only=True) refuses to run; only tensors and plain "
                                   f"data are accepted") from None
-        raise CheckpointError(f"checkpoint '{path}' is not a readable PyTorch file (corrupt or "
-                              f"truncated)") from None
+        raise CheckpointError(f"checkpoint '{path}' is a damaged PyTorch file (corrupt or "
+                              f"truncated); use another copy, or prev.pt beside a run's last.pt") from None
 
 
 def is_sslkit_checkpoint(obj: Any) -> bool:

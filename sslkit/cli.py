@@ -23,12 +23,12 @@ from sslkit import config as config_mod
 from sslkit.errors import Interrupted, OneLineParser, UserError, guard
 
 
-def _add_config_args(p: argparse.ArgumentParser, config_help: str) -> None:
+def _add_config_args(p: argparse.ArgumentParser, config_help: str, example: str) -> None:
     p.add_argument("--config", metavar="PATH", help=config_help)
     p.add_argument("--set", metavar="KEY=VALUE", nargs="+", action="append", default=[],
                    dest="overrides",
-                   help="override config keys, values parsed as YAML scalars, e.g. "
-                        "--set train.epochs=10 run.device=cpu (repeatable)")
+                   help=f"override config keys, values parsed as YAML scalars, e.g. "
+                        f"--set {example} (repeatable)")
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -41,7 +41,7 @@ def pretrain_parser(prog: str = "run_pretrain.py") -> argparse.ArgumentParser:
                                   "BatchFormer). Writes config.yaml, metrics.jsonl, tb/, "
                                   "checkpoints/last.pt and backbone.pt to run.output_dir.")
     _add_config_args(p, f"YAML config (default: {config_mod.DEMO_CONFIG}, Fashion-MNIST on "
-                        f"the CPU)")
+                        f"the CPU)", "train.epochs=10 run.device=cpu")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
                    help="continue a run from its checkpoints/last.pt with its own config.yaml "
                         "(only --set keys that do not change the model, data or batch may "
@@ -67,7 +67,8 @@ def lincls_parser(prog: str = "run_lincls.py") -> argparse.ArgumentParser:
                         "checkpoint of the field with --config (facebookresearch/moco v1/v2, "
                         "moco-v3 ResNet/ViT, DeiT format, timm ViT, torchvision ResNet)")
     _add_config_args(p, "YAML config (default: the checkpoint run's config.yaml; required for "
-                        "a checkpoint of another toolkit: the recipe it was trained with)")
+                        "a checkpoint of another toolkit: the recipe it was trained with)",
+                     "eval.mode=standard eval.epochs=30")
     p.add_argument("--baseline", choices=("raw-pixels", "random-init"),
                    help="evaluate a reference instead of a checkpoint, under the same protocol")
     p.add_argument("--output", metavar="DIR",

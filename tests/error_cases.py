@@ -63,6 +63,16 @@ def _empty_folder(tmp: Path) -> list[str]:
     return _sets(tmp, "data.name=imagefolder", f"data.root={tmp / 'imgs'}")
 
 
+def _no_val_folder(tmp: Path) -> list[str]:
+    """A pretrained run on an image folder without val/: run_lincls needs the val split."""
+    for i in range(4):
+        _png(tmp / "imgs" / "train" / "a" / f"{i}.png", 40 * i)
+    run = tiny_run(tmp)
+    return ["--checkpoint", str(run / "checkpoints" / "last.pt"), "--set",
+            "data.name=imagefolder", f"data.root={tmp / 'imgs'}", "data.image_size=16",
+            "data.channels=3"]
+
+
 def _png(path: Path, value: int = 128) -> None:
     from PIL import Image
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -332,6 +342,11 @@ CASES: list[Case] = [
          ("cifar10: data not found", "data.download=true")),
     Case("imagefolder-empty", "data", "an image folder whose class folders hold no images",
          _empty_folder, ("imagefolder",)),
+    Case("imagefolder-no-root", "data", "`--set data.name=imagefolder data.root=<missing>`",
+         lambda tmp: _sets(tmp, "data.name=imagefolder", f"data.root={tmp / 'nope'}"),
+         ("data.root", "does not exist", "train/<class>", "unlabelled")),
+    Case("imagefolder-no-val", "data", "evaluating on an image folder without val/",
+         _no_val_folder, ("has no val/ folder", "kNN and the linear probe"), script="lincls"),
     Case("imagefolder-corrupt", "data", "an image folder holding an undecodable file",
          _corrupt_image, ("broken.png", "data.skip_corrupt"), lazy=True),
     Case("class-list-escape", "data", "a class list naming `../../etc`", _class_list_escape,
@@ -347,7 +362,7 @@ CASES: list[Case] = [
     Case("resume-nothing", "output", "`--resume` into an empty directory",
          lambda tmp: ["--resume", *_sets(tmp)], ("nothing to resume",)),
     Case("resume-corrupt", "output", "`--resume` when last.pt is corrupt and no prev.pt exists",
-         _resume_corrupt, ("last.pt", "not a readable PyTorch file")),
+         _resume_corrupt, ("last.pt", "damaged PyTorch file", "corrupt or truncated")),
     # checkpoints handed to run_lincls.py
     Case("ckpt-missing", "checkpoint", "`--checkpoint nope/last.pt`", _ckpt("missing"),
          ("does not exist",), script="lincls"),
@@ -355,10 +370,10 @@ CASES: list[Case] = [
          ("is a directory",), script="lincls"),
     Case("ckpt-empty", "checkpoint", "an empty checkpoint file", _ckpt("empty"),
          ("empty",), script="lincls"),
-    Case("ckpt-text", "checkpoint", "a text file as the checkpoint", _ckpt("text"),
-         ("not a readable PyTorch file",), script="lincls"),
+    Case("ckpt-text", "checkpoint", "a text file as the checkpoint (`--checkpoint README.md`)",
+         _ckpt("text"), ("is not a PyTorch checkpoint", "last.pt"), script="lincls"),
     Case("ckpt-truncated", "checkpoint", "a truncated last.pt", _ckpt("truncated"),
-         ("not a readable PyTorch file",), script="lincls"),
+         ("damaged PyTorch file", "corrupt or truncated"), script="lincls"),
     Case("ckpt-foreign", "checkpoint", "a checkpoint in no layout sslkit reads (a dict of "
          "numbers)", _ckpt("foreign"), ("in no checkpoint layout sslkit reads",
                                         "facebookresearch/moco v1/v2", "timm"), script="lincls"),

@@ -18,6 +18,12 @@ def test_help(script, flags):
     assert proc.returncode == 0, proc.stderr
     for flag in flags:
         assert flag in proc.stdout
+    # each command's --set example names keys that command reads
+    example = proc.stdout.split("e.g.", 1)[1].split("(repeatable)")[0]
+    if script == "run_lincls.py":
+        assert "eval." in example and "train." not in example
+    else:
+        assert "train." in example
 
 
 def test_import_torch_and_stdlib_ssl_from_repo_root():

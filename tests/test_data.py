@@ -270,8 +270,12 @@ def test_imagefolder_empty_and_missing(tmp_path):
     (tmp_path / "train" / "a").mkdir(parents=True)
     with pytest.raises(DataError, match=r"no images.*train/<class>"):
         build_dataset("imagefolder", str(tmp_path), "train")
-    with pytest.raises(DataError, match=r"val not found.*val/<class>"):
+    with pytest.raises(DataError, match=r"has no val/ folder.*kNN and the linear probe"):
         build_dataset("imagefolder", str(tmp_path), "test")
+    # a missing root and a missing split are told apart, with every layout named
+    with pytest.raises(DataError, match=r"data.root '.*nope' does not exist.*train/<class>.*"
+                                        r"unlabelled photos"):
+        build_dataset("imagefolder", str(tmp_path / "nope"), "train")
 
 
 def test_imagefolder_class_list(tmp_path):

@@ -354,9 +354,9 @@ def _truncated(src: Path, dst: Path) -> Path:
 @pytest.mark.parametrize("case, fragments", [
     ("missing", ["does not exist"]),
     ("empty", ["empty"]),
-    ("text", ["not a readable"]),
+    ("text", ["is not a PyTorch checkpoint"]),
     ("list", ["in no checkpoint layout sslkit reads", "found a list"]),
-    ("corrupt", ["not a readable"]),
+    ("corrupt", ["damaged PyTorch file", "corrupt or truncated"]),
     ("no_config", ["no config", "--config"]),
     ("other_arch", ["does not fit", "width 8", "shape"]),
 ])

@@ -110,7 +110,7 @@ def test_both_checkpoints_unreadable_is_one_line_error(tmp_path):
         (out / "checkpoints" / name).write_bytes(b"\x00garbage")
     config.save(tiny_config(out, bf=True, epochs=3, extra=EXTRA), out / "config.yaml")
     proc = run_cli("run_pretrain.py", "--resume", *_argv(out))
-    assert_one_line_error(proc, "last.pt", "not a readable PyTorch file")
+    assert_one_line_error(proc, "last.pt", "is not a PyTorch checkpoint")
 
 
 def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

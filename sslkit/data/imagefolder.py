@@ -140,8 +140,9 @@ def _read_class_list(path: str, root: str) -> list[str]:
 
 
 def _imagefolder_layout_hint(root: str) -> str:
-    return (f"expected the layout {root}/train/<class>/<image>.jpg and "
-            f"{root}/val/<class>/<image>.jpg")
+    return (f"the layouts read are {root}/train/<class>/<image>.jpg (with "
+            f"{root}/val/<class>/<image>.jpg for evaluation), or unlabelled photos in "
+            f"{root}/train/ or in {root}/ itself (pretraining only)")
 
 
 _UNLABELLED = ("imagefolder: {folder} holds images without class folders: they can pretrain, "
@@ -169,9 +170,20 @@ def list_imagefolder(root: str, split: str,
             and _flat_images(root):
         folder = root  # a flat folder of photos
     if not os.path.isdir(folder):
-        if os.path.isdir(root) and _flat_images(root):
+        if not os.path.exists(root):
+            raise DataError(f"imagefolder: data.root '{root}' does not exist; set data.root to "
+                            f"your image folder ({_imagefolder_layout_hint(root)})")
+        if not os.path.isdir(root):
+            raise DataError(f"imagefolder: data.root '{root}' is a file, not a folder; set "
+                            f"data.root to your image folder")
+        if _flat_images(root):
             raise DataError(_UNLABELLED.format(folder=root, hint=_imagefolder_layout_hint(root)))
-        raise DataError(f"imagefolder: folder {folder} not found; {_imagefolder_layout_hint(root)}")
+        if sub == "val":
+            raise DataError(f"imagefolder: {root} has no val/ folder: kNN and the linear probe "
+                            f"score the images of {root}/val/<class>/; add some there (the "
+                            f"classes of train/)")
+        raise DataError(f"imagefolder: {root} has neither a train/ folder nor images; "
+                        f"{_imagefolder_layout_hint(root)}")
     train_dir = os.path.join(root, "train")
     class_dir = train_dir if os.path.isdir(train_dir) else folder  # indices follow train/
     if class_list:
