@@ -993,7 +993,11 @@ heads, stem and BatchFormer of the method that `sslkit.methods.build_method` bui
 rows state behaviour fixed by sslkit's code rather than by a key: where the momentum update
 runs (`sslkit/engine.py`), the BatchFormer loss (`sslkit/methods/base.py`), the features of the
 online kNN (`sslkit/engine.py`) and the linear probe's LR rule (`linear_eval/standard.py`).
-Rows whose note says **Differs** are deliberate differences, with the reason.
+Rows whose note says **Differs** are deliberate differences, with the reason. Keys that do not
+change what is trained are not compared: the run's plumbing (`run.*`) and the checkpoint
+cadence; the official scripts save once per epoch, and the ImageNet recipes add a checkpoint
+every 10 minutes of wall clock (`train.checkpoint_every_minutes`, see the README's cluster
+section).
 
 Sources, read at these commits:
 
