@@ -77,8 +77,14 @@ def _attempt_store(timeout: datetime.timedelta) -> "dist.Store | None":
     independently; launch torchrun with ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` there (each
     rendezvous round then gets a new store; scripts/slurm_pretrain.sh sets it).
     """
-    if (os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
-            or os.environ.get("GROUP_WORLD_SIZE", "1") != "1"):
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    if os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+        if os.environ.get("RANK") == "0" and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS",
+                                                                "0")) > 0:
+            print("note: torchrun restarts across nodes share one store, so a restarted "
+                  "process can be given a dead one's address; launch torchrun with "
+                  "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1", flush=True)
         return None
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
                           is_master=False, timeout=timeout)
