@@ -1136,7 +1136,11 @@ update runs (`sslkit/engine.py`), the BatchFormer loss (`sslkit/methods/streams.
 `batchformer.keys` and `batchformer.loss_reduction`), the BatchFormer's precision under
 autocast (`sslkit/models/batchformer.py`: BatchFormerV2 in fp32), the features of the online
 kNN (`sslkit/engine.py`) and the linear probe's LR rule (`linear_eval/standard.py`).
-Rows whose note says **Differs** are deliberate differences, with the reason.
+Rows whose note says **Differs** are deliberate differences, with the reason. Keys that do not
+change what is trained are not compared: the run's plumbing (`run.*`) and the checkpoint
+cadence; the official scripts save once per epoch, and the ImageNet recipes add a checkpoint
+every 10 minutes of wall clock (`train.checkpoint_every_minutes`, see the README's cluster
+section).
 
 Sources, read at these commits:
 

@@ -1,9 +1,12 @@
 """Command-line entry points: ``run_pretrain.py`` / ``sslkit-pretrain`` and ``run_lincls.py`` /
 ``sslkit-lincls``.
 
-Exit codes: 0 ok; 2 a user error, printed as ONE line ``error: ...`` on stderr (no traceback);
-1 an internal error (with its traceback, so it can be reported); 130 interrupted (Ctrl-C),
-with the command that continues the run.
+Exit codes: 0 ok (also "already finished"); 2 a user error, printed as ONE line ``error: ...``
+on stderr (no traceback); 1 an internal error (with its traceback, so it can be reported);
+3 a process of a torchrun run stopped answering within ``run.dist_timeout_s`` or ended (one
+line); 130 interrupted (Ctrl-C), with the command that continues the run; 143 / 138 stopped
+by SIGTERM / SIGUSR1 after writing a checkpoint of the step reached (128 + the signal's
+number, see :mod:`sslkit.lifecycle`).
 
 The CLI is the top of the import graph: the only module of sslkit that reaches the evaluation
 entry (``linear_eval.main``). Both heavy imports below are made inside the commands, so that a
@@ -47,6 +50,11 @@ def pretrain_parser(prog: str = "run_pretrain.py") -> argparse.ArgumentParser:
                         "(only --set keys that do not change the model, data or batch may "
                         "differ); the run is RUN_DIR, else --set run.output_dir=..., else the "
                         "config's run.output_dir")
+    p.add_argument("--auto-resume", action="store_true",
+                   help="the same command line for every start (SLURM requeue, torchrun "
+                        "restarts): a new run when run.output_dir is empty or absent, a resume "
+                        "(as --resume, with the run's config.yaml) when it holds a checkpoint, "
+                        "'already finished' (exit 0) when the run is done")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in a run.output_dir that holds another run (its files "
                         "are replaced)")
@@ -110,11 +118,38 @@ def _run_config(args: argparse.Namespace, overrides: list[str]
     return config_mod.load(saved, overrides), str(saved), overrides
 
 
+def _auto_resume(given: config_mod.Config, source: str, overrides: list[str]
+                 ) -> tuple[config_mod.Config, str, str]:
+    """``--auto-resume``: (the config, the file it came from, what to do: "new", "resume" or
+    "restart") for the run directory as it is on disk; torch is imported (the command line's
+    config has passed its checks)."""
+    from sslkit.resolved import resolved  # torch: after the config checks
+    from sslkit.rundir import auto_resume_mode, changed_keys  # torch (checkpoint) as well
+
+    run_dir = Path(given.run.output_dir)
+    saved_path = run_dir / "config.yaml"
+    saved = config_mod.load(saved_path, overrides) if saved_path.is_file() else None
+    mode = auto_resume_mode(run_dir, resolved(given).to_dict(),
+                            None if saved is None else resolved(saved).to_dict(), source)
+    if mode != "resume":
+        return given, source, mode
+    notes = changed_keys(resolved(saved).to_dict(), resolved(given).to_dict())
+    if notes and os.environ.get("RANK", "0") == "0":  # once under torchrun
+        print(f"note: {source} differs from {saved_path} in {'; '.join(notes)}; the run "
+              f"continues with its own config.yaml (--set changes a key)", flush=True)
+    return saved, str(saved_path), mode
+
+
 def _header(cfg: config_mod.Config, source: str, changes: list[str], resume: bool,
-            overwrite: bool) -> list[str]:
+            overwrite: bool, restarted: bool = False) -> list[str]:
     changed = (" + " + " ".join(shlex.quote(c) for c in changes)) if changes else ""
     what = "resuming" if resume else ("new run, replacing the one there" if overwrite
                                       else "new run")
+    if restarted:
+        what += "; the run there had no checkpoint yet"
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if attempt:
+        what += f"; torchrun restart {attempt}"
     return [f"config: {source}{changed}",
             f"run directory: {cfg.run.output_dir} ({what}); full config: "
             f"{Path(cfg.run.output_dir) / 'config.yaml'}"]
@@ -130,24 +165,33 @@ def _resume_command(prog: str, run_dir: str) -> str:
 
 def _pretrain(argv: Sequence[str] | None, prog: str) -> int:
     args = pretrain_parser(prog).parse_args(argv)
+    if args.auto_resume and (args.resume or args.overwrite):
+        raise UserError(f"--auto-resume decides by itself whether to start or resume; drop "
+                        f"{'--resume' if args.resume else '--overwrite'}")
     overrides = _overrides(args)
     if args.overwrite:
         overrides = overrides + ["run.overwrite=true"]
     cfg, source, changes = _run_config(args, overrides)  # config errors before torch loads
     from sslkit.engine import pretrain  # torch, kornia, faiss: seconds; after the checks
+    from sslkit.lifecycle import stop_exit_code  # torch as well
     from sslkit.resolved import resolved  # torch as well
 
+    resume, overwrite, mode = bool(args.resume), args.overwrite, None
+    if args.auto_resume:
+        cfg, source, mode = _auto_resume(cfg, source, overrides)
+        resume, overwrite = mode == "resume", mode == "restart"
     cfg = resolved(cfg)  # once per run: the engine takes it as it is
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
     try:
-        pretrain(cfg, resume=bool(args.resume), overwrite=args.overwrite,
-                 header=_header(cfg, source, changes, bool(args.resume), args.overwrite))
+        summary = pretrain(cfg, resume=resume, overwrite=overwrite,
+                           header=_header(cfg, source, changes, resume, overwrite,
+                                          restarted=mode == "restart"))
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; the last checkpoint is kept; continue the run with: "
                           f"{_resume_command(prog, cfg.run.output_dir)}") from None
-    return 0
+    return stop_exit_code(summary.stopped_by) if summary.stopped_by else 0
 
 
 def _lincls(argv: Sequence[str] | None, prog: str) -> int:

@@ -6,6 +6,7 @@ LOCAL_RANK and :func:`init_distributed` joins the group (NCCL on CUDA, gloo on C
 """
 from __future__ import annotations
 
+import datetime
 import os
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -39,10 +40,13 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
 
 
-def init_distributed(device_type: str) -> bool:
+def init_distributed(device_type: str, timeout_s: int | None = None) -> bool:
     """Join the process group torchrun describes; returns whether running distributed.
 
     NCCL when training on CUDA (each process takes GPU ``LOCAL_RANK``), gloo on the CPU.
+    ``timeout_s`` (``run.dist_timeout_s``; None: PyTorch's default) bounds every collective:
+    gloo raises in the waiting process; NCCL's watchdog aborts it, with
+    ``TORCH_NCCL_ASYNC_ERROR_HANDLING=1`` set here unless the environment chose a mode.
     """
     if is_distributed():
         return True
@@ -50,9 +54,42 @@ def init_distributed(device_type: str) -> bool:
         return False
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         torch.cuda.set_device(get_local_rank())
-    dist.init_process_group(backend=backend)
+    kwargs: dict[str, Any] = ({} if timeout_s is None
+                              else {"timeout": datetime.timedelta(seconds=timeout_s)})
+    store = _attempt_store(kwargs.get("timeout", datetime.timedelta(minutes=30)))
+    if store is not None:
+        kwargs.update(store=store, rank=int(os.environ["RANK"]),
+                      world_size=int(os.environ["WORLD_SIZE"]))
+    dist.init_process_group(backend=backend, **kwargs)
     return True
+
+
+def _attempt_store(timeout: datetime.timedelta) -> "dist.Store | None":
+    """The store of this torchrun attempt, on one node; None: the default (``env://``).
+
+    On one node torchrun's agent serves a single TCP store for all its restarts of the
+    workers (``TORCHELASTIC_USE_AGENT_STORE=True``). Keys written by an earlier attempt stay
+    there, so a restarted rank can read a dead peer's address and fail to connect, or wait on
+    a barrier counted by the dead. Here each attempt gets its own key prefix (the restart
+    count, the same for every worker of one agent). Across nodes the agents count restarts
+    independently; launch torchrun with ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` there (each
+    rendezvous round then gets a new store; scripts/slurm_pretrain.sh sets it).
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    if os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+        if os.environ.get("RANK") == "0" and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS",
+                                                                "0")) > 0:
+            print("note: torchrun restarts across nodes share one store, so a restarted "
+                  "process can be given a dead one's address; launch torchrun with "
+                  "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1", flush=True)
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          is_master=False, timeout=timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"sslkit/attempt_{attempt}", store)
 
 
 def destroy_distributed() -> None:
@@ -70,9 +107,11 @@ def main_process_first() -> Iterator[None]:
     """Rank 0 runs the block first (e.g. a download), then the others."""
     if not is_main_process():
         barrier()
-    yield
-    if is_main_process():
-        barrier()
+    try:
+        yield
+    finally:  # also when rank 0 fails: the others go on (and meet the error themselves)
+        if is_main_process():
+            barrier()
 
 
 @torch.no_grad()
@@ -102,6 +141,22 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     y = x.detach().clone()
     dist.all_reduce(y)
     return y / get_world_size()
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """``obj`` (picklable) of every rank, in rank order."""
+    if get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of ``x`` over ranks (in place; returns ``x``)."""
+    if get_world_size() > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return x
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -4,7 +4,9 @@ logs, monitors and checkpoints.
 One step: loader (CPU, uint8) -> device -> two views (kornia, on the device) -> method ->
 loss -> backward -> optimizer step -> LR schedule -> momentum update -> log. Every
 ``eval.knn_every`` epochs an online kNN on backbone features; a checkpoint every epoch and
-every ``train.checkpoint_every_steps`` (atomic), and ``backbone.pt`` at the end.
+every ``train.checkpoint_every_steps`` and ``train.checkpoint_every_minutes`` (atomic), and
+``backbone.pt`` at the end. SIGTERM / SIGUSR1 end the run after a checkpoint of the step it
+reached, every torchrun process at the same step (:mod:`sslkit.lifecycle`).
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ from sslkit.errors import CheckpointError, ConfigError, UserError
 from sslkit.export import backbone_state_dict
 from sslkit.features import extract_features
 from sslkit.knn import knn_accuracy
+from sslkit.lifecycle import (Lifecycle, StopSignals, agree, agree_on, explain_lost_process,
+                              signal_name, together)
 from sslkit.methods import build_method
 from sslkit.metrics import (TB_EVAL, TB_ONLINE, TB_TRAIN, MetricsLog, Progress, Summary,
                             print_summary)
@@ -52,7 +56,8 @@ class Trainer:
         # 1. everything that can refuse the input, before anything is written
         self.device = resolve_device(cfg.run)
         self.precision = resolve_precision(cfg.run, self.device)
-        self.distributed = dist_utils.init_distributed(self.device.type)
+        self.distributed = dist_utils.init_distributed(self.device.type,
+                                                       cfg.run.dist_timeout_s)
         self.rank, self.world = dist_utils.get_rank(), dist_utils.get_world_size()
         self.main = self.rank == 0
         if self.distributed and cfg.method.sync_bn and self.device.type != "cuda":
@@ -63,29 +68,27 @@ class Trainer:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} (the global batch) must "
                               f"be divisible by the {self.world} processes")
         self.local_batch = cfg.train.batch_size // self.world
-        problem = None
-        if self.main:
-            try:
-                check_run_dir(self.run_dir, resume, self.overwrite)
-            except UserError as e:
-                problem = str(e)
-        problem = dist_utils.broadcast_object(problem)  # every rank stops, none hangs
-        if problem is not None:
-            raise UserError(problem)
+        # a user error on one rank (a refused directory, missing data) stops every rank
+        together(lambda: self.main and check_run_dir(self.run_dir, resume, self.overwrite))
         configure_cpu(cfg.run)
         seed_everything(cfg.run.seed)  # identical model init on every rank
-        self._build_data()
+        together(self._build_data)
         self._build_model()
         self.start_step = self.step = 0  # steps done (self.step advances with train_step)
         self.ckpt_source: Path | None = None
+        self.saved_at: int | None = None  # the step of the checkpoint on disk, if known
+        self.signals = StopSignals()  # installed while fit() runs
+        self.life = Lifecycle(cfg.train.checkpoint_every_minutes, self.device, self.main,
+                              self.signals)
         self.stepper = TrainStep(cfg, self.method, self.model, self.optimizer, self.scheduler,
                                  self.scaler, self.input.to_views, self.device,
                                  self.precision, self.total_steps, self.steps_per_epoch,
                                  self.probe)
         if resume:
-            self._load_resume_state()
+            together(self._load_resume_state)
         else:  # per-rank randomness for augmentation (after the identical init)
             seed_everything(cfg.run.seed + 1000 * self.rank + 1)
+        agree_on(self.start_step, "the step the run starts from")
 
     # ----------------------------------------------------------------- building
     def _build_data(self) -> None:
@@ -160,7 +163,7 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.probe is not None and "online_probe" in ckpt:
             self.probe.load_state_dict(ckpt["online_probe"])
-        self.start_step = self.step = int(ckpt["step"])
+        self.start_step = self.step = self.saved_at = int(ckpt["step"])
         self.stepper.skipped = int(ckpt.get("skipped_steps", 0))
         rngs = ckpt["rng"]
         set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
@@ -186,9 +189,10 @@ class Trainer:
             raise TrainingDiverged(f"non-finite weights at step {step}; no checkpoint written, "
                                    f"the last finite one is kept; lower optim.lr")
         state = self.state(step)  # collective under DDP: every rank takes part
-        if self.main:
-            save_atomic(state, self.run_dir / "checkpoints" / "last.pt")
-        dist_utils.barrier()
+        last = self.run_dir / "checkpoints" / "last.pt"
+        together(lambda: self.main and save_atomic(state, last))  # rank 0 writes, all wait
+        self.saved_at = step
+        self.life.restart_clock()
 
     # ----------------------------------------------------------------- monitoring
     @torch.no_grad()
@@ -246,21 +250,24 @@ class Trainer:
         if self.start_step == 0:
             self.aug_grid(log, 0)
         bar = Progress(self.total_steps, self.start_step, main and cfg.run.progress)
-        step, last_loss, knn, backbone_path, finished = self.start_step, None, None, None, False
+        step, last_loss, knn, finished, stopped = self.start_step, None, None, False, 0
+        backbone_path = self.run_dir / "backbone.pt"
+        self.signals.install()  # from here on SIGTERM / SIGUSR1 stop the run after a step
+        self.life.restart_clock()
         try:
-            step, last_loss, knn = self._train(log, bar, stop_after_steps)
+            step, last_loss, knn, stopped = self._train(log, bar, stop_after_steps)
             finished = step >= self.total_steps
-            if finished and main:
-                backbone_path = self.run_dir / "backbone.pt"
-                save_atomic(backbone_state_dict(self.method.state_dict()), backbone_path,
-                            keep_previous=False)
+            if finished:
+                together(lambda: main and save_atomic(
+                    backbone_state_dict(self.method.state_dict()), backbone_path,
+                    keep_previous=False))
         finally:
+            self.signals.restore()
             bar.close()
             log.close(self._hparams() if finished else None, self._hparam_metrics())
-        dist_utils.barrier()
         return Summary(str(self.run_dir), step, step // self.steps_per_epoch, last_loss,
                        knn["knn_top1"] if knn else None, time.time() - t_start, self.skipped,
-                       str(backbone_path) if backbone_path else None)
+                       str(backbone_path) if finished and main else None, stopped)
 
     def _hparams(self) -> dict:
         c = self.cfg
@@ -313,16 +320,35 @@ class Trainer:
             yield batch
 
     def _train(self, log: MetricsLog, bar: Progress, stop_after: int | None
-               ) -> tuple[int, float | None, dict | None]:
-        """Steps from ``start_step`` to the end (or ``stop_after``); returns (the step reached,
-        the last loss, the last online kNN result)."""
+               ) -> tuple[int, float | None, dict | None, int]:
+        """Steps from ``start_step`` to the end (or ``stop_after``, or a stop signal); returns
+        (the step reached, the last loss, the last online kNN result, the stop signal or 0).
+
+        Before each step (its batch fetched) every rank polls (:mod:`sslkit.lifecycle`): a
+        stop signal or rank 0's wall clock writes a checkpoint of the step reached; a rank
+        whose batch failed ends every rank with its line."""
         cfg, spe = self.cfg, self.steps_per_epoch
         every_ckpt = cfg.train.checkpoint_every_steps
         last_loss, knn = None, None
         t_log, n_log = time.time(), 0
         self.method.train()
         while self.step < self.total_steps:
-            for images, labels in self.batches():
+            batches = self.batches()
+            while True:
+                try:
+                    batch, problem = next(batches, None), None
+                except UserError as e:  # e.g. a corrupt image: every rank stops with its line
+                    batch, problem = None, e
+                verdict = self.life.poll(failed=problem is not None)
+                if verdict.failed:
+                    agree(problem)
+                if (verdict.stop or verdict.checkpoint) and self.saved_at != self.step:
+                    self.save_checkpoint(self.step)
+                if verdict.stop:
+                    return self.step, last_loss, knn, verdict.stop
+                if batch is None:
+                    break
+                images, labels = batch
                 result = self.train_step(images, labels)
                 step = self.step
                 n_log += labels.shape[0] * self.world
@@ -337,8 +363,8 @@ class Trainer:
                 if epoch_end or (every_ckpt and step % every_ckpt == 0):
                     self.save_checkpoint(step)
                 if step >= self.total_steps or (stop_after is not None and step >= stop_after):
-                    return step, last_loss, knn
-        return self.step, last_loss, knn
+                    return step, last_loss, knn, 0
+        return self.step, last_loss, knn, 0
 
     def _log_step(self, log: MetricsLog, bar: Progress, step: int, result: StepResult,
                   img_per_s: float) -> None:
@@ -382,9 +408,12 @@ def pretrain(cfg: Config, resume: bool = False, overwrite: bool = False,
     changes nothing on disk and says so.
 
     ``stop_after_steps`` stops early without changing the schedule (tests, benchmarks).
+    A stop signal ends the run after a checkpoint with one line (``summary.stopped_by``); a
+    process of a torchrun run that stops answering within ``run.dist_timeout_s``, or ends,
+    raises a one-line :class:`~sslkit.errors.ProcessGroupError`.
     """
-    trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
     try:
+        trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
         if trainer.main:
             for line in header:
                 print(line, flush=True)
@@ -399,8 +428,16 @@ def pretrain(cfg: Config, resume: bool = False, overwrite: bool = False,
             print(f"resuming from {trainer.ckpt_source} at step {trainer.start_step}",
                   flush=True)
         summary = trainer.fit(stop_after_steps=stop_after_steps)
+    except (RuntimeError, ConnectionError) as e:
+        lost = explain_lost_process(e, cfg.run.dist_timeout_s)
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         dist_utils.destroy_distributed()
-    if trainer.main:
+    if trainer.main and summary.stopped_by:
+        print(f"stopped by {signal_name(summary.stopped_by)} at step {summary.steps}; "
+              f"checkpoint saved; the same command with --auto-resume continues", flush=True)
+    elif trainer.main:
         print_summary(summary)
     return summary

@@ -32,6 +32,11 @@ class CheckpointError(UserError):
     """A checkpoint is missing, corrupt, foreign or of another architecture."""
 
 
+class ProcessGroupError(Exception):
+    """A process of a torchrun run stopped answering or ended: exit code 3 (neither the user's
+    input nor a bug; the same command with ``--auto-resume`` continues the run)."""
+
+
 class Interrupted(Exception):
     """Ctrl-C, with what to do next (:func:`guard` prints it as one line, exit code 130)."""
 
@@ -46,14 +51,19 @@ class OneLineParser(argparse.ArgumentParser):
 def guard(fn: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None,
           interrupted: str = "interrupted") -> int:
     """Run a command-line main ``fn(argv)``: a :class:`UserError` becomes one line
-    ``error: ...`` on stderr and exit code 2; Ctrl-C prints ``error: <interrupted>`` and exits
-    130; anything else propagates (exit 1 with its traceback)."""
+    ``error: ...`` on stderr and exit code 2; a :class:`ProcessGroupError` likewise with exit
+    code 3; Ctrl-C prints ``error: <interrupted>`` and exits 130; anything else propagates
+    (exit 1 with its traceback)."""
     try:
         return fn(argv)
     except UserError as e:
         sys.stdout.flush()
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ProcessGroupError as e:
+        sys.stdout.flush()
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         sys.stdout.flush()
         print(f"error: {interrupted}", file=sys.stderr)

@@ -153,6 +153,7 @@ class Summary:
     seconds: float
     skipped_steps: int
     backbone: str | None
+    stopped_by: int = 0  # the signal that stopped the run after its checkpoint (0: none)
 
 
 def tool(name: str) -> str:

@@ -1,5 +1,6 @@
 """The run directory (``run.output_dir``): what a run writes there, the checks before a run
-starts, ``--overwrite`` and the comparison of a resumed run's config with the saved one."""
+starts, ``--overwrite``, what ``--auto-resume`` makes of a directory, and the comparison of a
+resumed run's config with the saved one."""
 from __future__ import annotations
 
 import os
@@ -11,6 +12,8 @@ from sslkit.config import Config
 from sslkit.errors import UserError
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "tb", "checkpoints", "backbone.pt", "eval.json")
+# what a run has written before its first checkpoint (--auto-resume may start it again)
+EARLY_FILES = ("config.yaml", "metrics.jsonl", "tb", "checkpoints")
 # keys whose change makes a checkpoint unusable for --resume
 STRUCTURAL = ("data.name", "data.channels", "data.image_size", "model", "method", "batchformer",
               "optim.name", "train.batch_size")
@@ -21,6 +24,24 @@ def _nearest_existing(path: Path) -> Path:
     while not p.exists() and p != p.parent:
         p = p.parent
     return p
+
+
+def run_files(out: Path) -> list[str]:
+    """The names of :data:`RUN_FILES` present in ``out``."""
+    return [n for n in RUN_FILES if (out / n).exists()]
+
+
+def has_checkpoint(out: Path) -> bool:
+    ck = out / "checkpoints"
+    return (ck / "last.pt").exists() or (ck / PREV_NAME).exists()
+
+
+def _restart_hint() -> str:
+    # torchrun sets TORCHELASTIC_RESTART_COUNT in the workers it starts, 0 on the first start
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0:
+        return ("; torchrun restarted this process: start it with --auto-resume so that "
+                "restarts resume")
+    return ""
 
 
 def check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -38,16 +59,52 @@ def check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     except OSError as e:
         raise UserError(f"run.output_dir '{out}' is not writable ({e.strerror} in '{base}'); "
                         f"choose another run.output_dir") from None
-    present = [n for n in RUN_FILES if (out / n).exists()]
+    present = run_files(out)
     if resume:
-        ck = out / "checkpoints"
-        if not (ck / "last.pt").exists() and not (ck / PREV_NAME).exists():
+        if not has_checkpoint(out):
             raise UserError(f"nothing to resume in '{out}': no checkpoints/last.pt; start the "
                             f"run without --resume")
     elif present and not overwrite:
         raise UserError(f"run.output_dir '{out}' already holds a run ({', '.join(present)}); "
-                        f"continue it with --resume, replace it with --overwrite, or choose "
-                        f"another run.output_dir")
+                        f"continue it with --resume (or --auto-resume), replace it with "
+                        f"--overwrite, or choose another run.output_dir{_restart_hint()}")
+
+
+def auto_resume_mode(out: Path, given: dict, saved: dict | None, given_source: str) -> str:
+    """What ``--auto-resume`` does with the run directory ``out``: ``"new"`` (absent or holding
+    no run file), ``"resume"`` (a checkpoint is there) or ``"restart"`` (a run stopped before
+    its first checkpoint: nothing to keep, it starts again). ``given`` is the command line's
+    resolved config, ``saved`` the resolved ``out/config.yaml`` (both as dicts, with the same
+    ``--set`` items); a structural difference between them is refused with one line."""
+    present = run_files(out)
+    if not present:
+        return "new"
+    if saved is None:
+        raise UserError(f"run.output_dir '{out}' holds run files ({', '.join(present)}) but no "
+                        f"config.yaml, so --auto-resume cannot tell which run it is; choose "
+                        f"another run.output_dir, or replace it with --overwrite")
+    change = _structural_change(saved, given)
+    if change is not None:
+        key, old, new = change
+        raise UserError(f"--auto-resume: '{out}' holds a run with {key}={old!r} (its "
+                        f"config.yaml) but {given_source} gives {new!r}; continue that run with "
+                        f"its own config, or choose another run.output_dir")
+    if has_checkpoint(out):
+        return "resume"
+    if set(present) <= set(EARLY_FILES):
+        return "restart"
+    raise UserError(f"run.output_dir '{out}' holds a run without checkpoints "
+                    f"({', '.join(present)}); --auto-resume does not replace it: choose another "
+                    f"run.output_dir, or replace it with --overwrite")
+
+
+def _structural_change(old_cfg: dict, new_cfg: dict) -> tuple[str, object, object] | None:
+    old, new = flatten(old_cfg), flatten(new_cfg)
+    for k in new:
+        if old.get(k, new[k]) != new[k] and any(k == s or k.startswith(s + ".")
+                                                for s in STRUCTURAL):
+            return k, old[k], new[k]
+    return None
 
 
 def clear_run_dir(out: Path) -> None:
@@ -77,11 +134,17 @@ def compare_resume_config(saved: dict, cfg: Config, source: Path) -> list[str]:
     Both sides must be resolved configs (:func:`sslkit.resolved.resolved`; ``saved`` as a
     dict), so that a checkpoint whose config left a default as null matches the same run
     written out in full."""
-    old, new = flatten(saved), flatten(cfg.to_dict())
+    change = _structural_change(saved, cfg.to_dict())
+    if change is not None:
+        k, was, now = change
+        raise UserError(f"cannot resume from '{source}': {k} was {was!r} there but is "
+                        f"{now!r} now; resume with the run's own config.yaml")
+    return changed_keys(saved, cfg.to_dict())
+
+
+def changed_keys(old_cfg: dict, new_cfg: dict) -> list[str]:
+    """``"key: old -> new"`` for each key whose value differs."""
+    old, new = flatten(old_cfg), flatten(new_cfg)
     # run.overwrite is the permission a run started with, not part of the run: not a change
     changed = [k for k in new if old.get(k, new[k]) != new[k] and k != "run.overwrite"]
-    for k in changed:
-        if any(k == s or k.startswith(s + ".") for s in STRUCTURAL):
-            raise UserError(f"cannot resume from '{source}': {k} was {old[k]!r} there but is "
-                            f"{new[k]!r} now; resume with the run's own config.yaml")
     return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed]

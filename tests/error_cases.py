@@ -120,6 +120,26 @@ def _resume_corrupt(tmp: Path) -> list[str]:
     return ["--resume", *_sets(tmp)]
 
 
+def _auto_resume_other_run(tmp: Path) -> list[str]:
+    """A run directory whose config.yaml has another temperature than the given --config."""
+    from sslkit import config
+
+    (tmp / "run" / "checkpoints").mkdir(parents=True)
+    (tmp / "run" / "checkpoints" / "last.pt").write_bytes(b"not read: refused before")
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    config.save(config.load(demo, [f"run.output_dir={tmp / 'run'}", *TINY]),
+                tmp / "run" / "config.yaml")
+    config.save(config.load(demo, [f"run.output_dir={tmp / 'run'}", *TINY,
+                                   "method.temperature=0.5"]), tmp / "other.yaml")
+    return ["--auto-resume", "--config", str(tmp / "other.yaml"), *_sets(tmp)]
+
+
+def _auto_resume_no_config(tmp: Path) -> list[str]:
+    (tmp / "run").mkdir()
+    (tmp / "run" / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    return ["--auto-resume", *_sets(tmp)]
+
+
 # --------------------------------------------------------------------------- checkpoints
 def tiny_run(tmp: Path, width: int = 4, vit: bool = False) -> Path:
     """A run directory in the sslkit format (no training): config.yaml, last.pt, backbone.pt."""
@@ -280,6 +300,10 @@ CASES: list[Case] = [
          "ViT-Tiny (width 192)", _set(*VIT2, "batchformer.enabled=true",
                                       "batchformer.version=v2", "batchformer.heads=5"),
          ("batchformer.heads=5", "192", "--set batchformer.heads=4")),
+    Case("dist-timeout-zero", "config", "`--set run.dist_timeout_s=0`",
+         _set("run.dist_timeout_s=0"), ("run.dist_timeout_s",)),
+    Case("checkpoint-minutes-zero", "config", "`--set train.checkpoint_every_minutes=0`",
+         _set("train.checkpoint_every_minutes=0"), ("train.checkpoint_every_minutes",)),
     Case("batch-too-large", "config", "`--set train.batch_size=128` with 64 images",
          _set("train.batch_size=128", "method.queue_size=128"),
          ("train.batch_size=128", "64 training images")),
@@ -363,6 +387,14 @@ CASES: list[Case] = [
          lambda tmp: ["--resume", *_sets(tmp)], ("nothing to resume",)),
     Case("resume-corrupt", "output", "`--resume` when last.pt is corrupt and no prev.pt exists",
          _resume_corrupt, ("last.pt", "damaged PyTorch file", "corrupt or truncated")),
+    Case("auto-resume-and-resume", "output", "`--auto-resume --resume`",
+         lambda tmp: ["--auto-resume", "--resume", *_sets(tmp)],
+         ("--auto-resume decides by itself", "drop --resume")),
+    Case("auto-resume-other-run", "output", "`--auto-resume` into a run directory whose "
+         "config.yaml has another `method.temperature` than `--config`",
+         _auto_resume_other_run, ("--auto-resume", "method.temperature", "gives 0.5")),
+    Case("auto-resume-no-config", "output", "`--auto-resume` into a directory holding run "
+         "files but no config.yaml", _auto_resume_no_config, ("no config.yaml",)),
     # checkpoints handed to run_lincls.py
     Case("ckpt-missing", "checkpoint", "`--checkpoint nope/last.pt`", _ckpt("missing"),
          ("does not exist",), script="lincls"),

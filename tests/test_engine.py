@@ -205,7 +205,8 @@ def test_nan_skip_leaves_no_trace(tmp_path, method):
 def test_sync_bn_on_cpu_processes_is_one_line(tmp_path, monkeypatch):
     """SyncBatchNorm has no CPU kernel: a torchrun CPU run with method.sync_bn=true (the
     MoCo-v3 ImageNet recipes) is refused before anything is written."""
-    monkeypatch.setattr("sslkit.engine.dist_utils.init_distributed", lambda device_type: True)
+    monkeypatch.setattr("sslkit.engine.dist_utils.init_distributed",
+                        lambda device_type, timeout_s=None: True)
     cfg = tiny_config(tmp_path / "run", method="mocov3", extra=["method.sync_bn=true"])
     with pytest.raises(ConfigError, match="method.sync_bn=true needs CUDA"):
         Trainer(cfg)

@@ -55,7 +55,7 @@ def test_preview_rows_and_boxes(tmp_path):
 @pytest.mark.parametrize("argv, fragment", [
     (["--config", "nope.yaml"], "does not exist"),
     (["--set", "train.epochz=3"], "did you mean 'train.epochs'"),
-    (["--set", "data.name=imagefolder", "data.root=/nonexistent"], "not found"),
+    (["--set", "data.name=imagefolder", "data.root=/nonexistent"], "does not exist"),
     (["--out", "/nonexistent/dir/grid.png"], "not a writable directory"),
     (["--out", "grid.jpg"], "PNG"),
     (["--n", "0"], "at least 1"),

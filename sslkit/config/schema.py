@@ -42,6 +42,10 @@ class RunConfig:
     aug_grid_every: int = _f(10, ge=0, help="epochs between augmentation grids (0: start only)")
     progress: bool = _f(True, help="tqdm progress bars")
     overwrite: bool = _f(False, help="allow a new run to replace another run's directory")
+    dist_timeout_s: int = _f(1800, ge=1, help="torchrun: seconds a process waits for the others "
+                             "in one collective before the run ends with one line (a frozen "
+                             "or lost process); above the longest wait of the others for rank 0 "
+                             "alone (online kNN, checkpoint writes)")
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,10 @@ class TrainConfig:
     batch_size: int = _f(256, ge=1, help="global batch (split over processes)")
     max_steps: Optional[int] = _f(None, ge=1, help="null: no cap")
     checkpoint_every_steps: Optional[int] = _f(None, ge=1, help="null: once per epoch")
+    checkpoint_every_minutes: Optional[float] = _f(
+        None, gt=0, help="also a checkpoint when this much wall-clock time has passed since the "
+        "last one (rank 0's clock; every process follows); bounds the work a kill -9 loses "
+        "(null: off)")
     nan_policy: Literal["stop", "skip"] = _f("stop")
 
 
