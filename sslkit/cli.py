@@ -141,9 +141,10 @@ def _auto_resume(given: config_mod.Config, source: str, overrides: list[str]
 
 
 def _header(cfg: config_mod.Config, source: str, changes: list[str], resume: bool,
-            overwrite: bool, restarted: bool = False) -> list[str]:
+            replacing: bool, restarted: bool = False) -> list[str]:
+    """The two lines a run prints first; ``replacing``: --overwrite over a run's files."""
     changed = (" + " + " ".join(shlex.quote(c) for c in changes)) if changes else ""
-    what = "resuming" if resume else ("new run, replacing the one there" if overwrite
+    what = "resuming" if resume else ("new run, replacing the one there" if replacing
                                       else "new run")
     if restarted:
         what += "; the run there had no checkpoint yet"
@@ -175,6 +176,7 @@ def _pretrain(argv: Sequence[str] | None, prog: str) -> int:
     from sslkit.engine import pretrain  # torch, kornia, faiss: seconds; after the checks
     from sslkit.lifecycle import stop_exit_code  # torch as well
     from sslkit.resolved import resolved  # torch as well
+    from sslkit.rundir import run_files  # torch as well (through the checkpoint module)
 
     resume, overwrite, mode = bool(args.resume), args.overwrite, None
     if args.auto_resume:
@@ -186,7 +188,8 @@ def _pretrain(argv: Sequence[str] | None, prog: str) -> int:
         return 0
     try:
         summary = pretrain(cfg, resume=resume, overwrite=overwrite,
-                           header=_header(cfg, source, changes, resume, overwrite,
+                           header=_header(cfg, source, changes, resume,
+                                          overwrite and bool(run_files(Path(cfg.run.output_dir))),
                                           restarted=mode == "restart"))
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; the last checkpoint is kept; continue the run with: "

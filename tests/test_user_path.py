@@ -110,10 +110,15 @@ def test_header_is_short_and_print_config_resolves_every_default(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     head = proc.stdout.splitlines()[:2]
     assert head[0].startswith("config: ") and "configs/demo.yaml" in head[0]
-    assert head[1].startswith(f"run directory: {out}") and "replacing" in head[1]
+    # --overwrite into a directory with no run in it (make demo on a fresh clone): a new run
+    assert head[1].startswith(f"run directory: {out} (new run)") and "replacing" not in head[1]
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["run"]["overwrite"] is False  # a permission, never saved
     assert saved["data"]["std"] and saved["augment"]["flip_p"] == 0.0
+    proc = run_cli("run_pretrain.py", "--overwrite", *_sets(tiny_overrides(
+        out, epochs=1, extra=["eval.knn_every=0", "train.max_steps=1"])))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "new run, replacing the one there" in proc.stdout.splitlines()[1]
 
 
 @pytest.mark.parametrize("name, flag", [("sslkit-pretrain", "--resume"),
