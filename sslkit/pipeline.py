@@ -164,5 +164,5 @@ def build_pretrain_input(cfg: Config, device: torch.device, rank: int = 0, world
                                num_workers=cfg.data.num_workers,
                                pin_memory=device.type == "cuda", seed=cfg.run.seed)
         if isinstance(batches, WorkerLoader):
-            share_cores_with_workers(cfg.run, device, cfg.data.num_workers)
+            share_cores_with_workers(cfg.run, device, batches.num_workers)
     return PretrainInput(cfg, device, dataset, base, sampler, batches, views, spec)

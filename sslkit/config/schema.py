@@ -72,7 +72,8 @@ class DataConfig:
                                     "training set (null: off): class i of the sorted classes "
                                     "keeps floor(n_max r^(-i/(C-1))) images (Cao et al. 2019); "
                                     "the test split stays whole")
-    num_workers: int = _f(2, ge=0)
+    num_workers: int = _f(2, ge=0, help="loader processes for decoded-on-the-fly data "
+                          "(image folders); at most the CPU cores available are started")
     class_list: Optional[str] = _f(None, help="imagefolder: file naming the classes to use")
     skip_corrupt: bool = _f(False, help="imagefolder: skip undecodable images (logs a count)")
     mean: Optional[list[float]] = _f(None, length=None)

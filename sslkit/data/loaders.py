@@ -8,6 +8,7 @@ process.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from typing import Any, Iterator, Optional
 
@@ -198,6 +199,7 @@ class WorkerLoader:
                  pin_memory: bool = False, seed: int = 0):
         self.dataset, self.sampler, self.batch_size = dataset, sampler, int(batch_size)
         self.skipped: set[str] = set()
+        num_workers = self.num_workers = worker_count(num_workers)
         generator = torch.Generator().manual_seed(int(seed))
         self.loader = DataLoader(
             _Guarded(dataset), batch_size=self.batch_size,
@@ -227,13 +229,23 @@ class WorkerLoader:
                         "e.g. %s", new, len(self.skipped), sorted(self.skipped)[0])
 
 
+def worker_count(requested: int) -> int:
+    """``data.num_workers`` on this machine: at most the CPU cores this process may use (more
+    processes than cores only compete; PyTorch warns about them)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(int(requested), cores))
+
+
 def build_loader(dataset: Dataset, batch_size: int, *, train: bool, sampler: Optional[Sampler] = None,
                  num_workers: int = 2, pin_memory: bool = False, seed: int = 0):
     """An iterable of ``(images uint8 (B, C, H, W), labels int64 (B,))`` with ``len()``.
 
     In-memory datasets (with ``images``/``labels``) are batched in-process by indexing
     (no workers: faster for small images). Others use a DataLoader (``num_workers`` seeded
-    workers, persistent, ``pin_memory`` when asked and CUDA is present). Training loaders
+    workers, at most the CPU cores available (:func:`worker_count`), persistent, ``pin_memory`` when asked and CUDA is present). Training loaders
     shuffle (via ``sampler`` if given) and drop the last partial batch; evaluation loaders
     keep the index order and every image. Both expose ``set_epoch(epoch)``.
     """
