@@ -3,7 +3,7 @@
 Layers, bottom to top (see docs/architecture.md):
   0 errors, distributed, config
   1 data, augment, models, losses, optim, checkpoint, runtime, features, knn, export, rundir,
-    metrics, pipeline, resolved, online_probe
+    metrics, pipeline, resolved, online_probe, photometric
   2 methods
   3 the engine and evaluation (linear_eval)
   4 the CLI
@@ -24,7 +24,7 @@ LAYERS = {
     "sslkit.data": 1, "sslkit.augment": 1, "sslkit.models": 1, "sslkit.losses": 1,
     "sslkit.optim": 1, "sslkit.checkpoint": 1, "sslkit.runtime": 1, "sslkit.features": 1,
     "sslkit.knn": 1, "sslkit.export": 1, "sslkit.rundir": 1, "sslkit.metrics": 1,
-    "sslkit.pipeline": 1, "sslkit.resolved": 1, "sslkit.online_probe": 1,
+    "sslkit.pipeline": 1, "sslkit.resolved": 1, "sslkit.online_probe": 1, "sslkit.photometric": 1,
     "sslkit.methods": 2,
     "sslkit.engine": 3, "sslkit.preview": 3, "linear_eval": 3,
     "sslkit.cli": 4,
