@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, default_collate
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from sslkit.data.imagefolder import ImageFolderDataset
@@ -186,7 +186,10 @@ class TwoCropDataset(Dataset):
 
     @staticmethod
     def collate(payloads: list) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.stack([p[0] for p in payloads]), torch.stack([p[1] for p in payloads]))
+        # default_collate stacks straight into shared memory in a worker (torch.stack would
+        # make a batch that is copied there once more on its way to the main process)
+        return (default_collate([p[0] for p in payloads]),
+                default_collate([p[1] for p in payloads]))
 
 
 @dataclass
