@@ -18,7 +18,8 @@ Same views as the device chain of the same config:
   ``adjust_saturation_with_gray_subtraction`` themselves; the formula of
   :func:`sslkit.augment.adjust_hue_turns` (:func:`hue_turns`, per channel plane); kornia's
   ``rgb_to_grayscale`` with BT.601 weights; the truncated Gaussian kernel of
-  ``get_gaussian_kernel1d`` with reflect borders (:func:`gaussian_blur`, as matrix products);
+  ``get_gaussian_kernel1d`` (:func:`gaussian_kernel`) with reflect borders
+  (:func:`gaussian_blur`, as matrix products);
   BYOL's solarize at a fixed threshold. They agree with the device ops to float rounding
   (``tests/test_photometric.py``); only the result is rounded to uint8 (half a grey level);
 * the parameters follow the distributions of the kornia modules of the same config: each op
@@ -37,6 +38,7 @@ and its reflect border are symmetric).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -44,7 +46,6 @@ import torch
 from kornia.color import rgb_to_grayscale
 from kornia.enhance import (adjust_brightness_accumulative, adjust_contrast_with_mean_subtraction,
                             adjust_saturation_with_gray_subtraction)
-from kornia.filters import get_gaussian_kernel1d
 
 from sslkit.augment import blur_kernel_size
 from sslkit.data.info import LUMA
@@ -148,45 +149,67 @@ def draw_photometric(spec: PhotometricSpec, seed: int) -> tuple[ViewDraw, ViewDr
     return out[0], out[1]
 
 
+@functools.lru_cache(maxsize=16)
+def _band_index(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(source line, output line, tap) of every weight of :func:`_reflect_band`."""
+    r = k // 2
+    out_idx = torch.arange(n).view(n, 1).expand(n, k)
+    src = (out_idx + torch.arange(k).view(1, k) - r).abs()
+    src = torch.where(src >= n, 2 * (n - 1) - src, src)
+    return src.reshape(-1), out_idx.reshape(-1), torch.arange(k).repeat(n)
+
+
 def _reflect_band(n: int, kernel: torch.Tensor) -> torch.Tensor:
     """(n, n) matrix M with ``(x @ M)[o] = sum_j kernel[j] x[reflect(o + j - r)]``: the
     correlation with ``kernel`` (odd length 2r + 1 <= 2n - 1) over a reflect-padded line, as
     ``F.pad(mode="reflect")`` + conv computes it. Column o is zero outside rows o - r .. o + r
     (a reflected index stays within r of o)."""
-    k = kernel.numel()
-    r = k // 2
-    out_idx = torch.arange(n).view(n, 1).expand(n, k)
-    src = (out_idx + torch.arange(k).view(1, k) - r).abs()
-    src = torch.where(src >= n, 2 * (n - 1) - src, src)
+    src, out_idx, tap = _band_index(n, kernel.numel())
     band = torch.zeros(n, n, dtype=kernel.dtype)
-    band.index_put_((src.reshape(-1), out_idx.reshape(-1)), kernel.expand(n, k).reshape(-1),
-                    accumulate=True)
-    return band
+    return band.index_put_((src, out_idx), kernel[tap], accumulate=True)
+
+
+def gaussian_kernel(kernel_size: int, sigma: float) -> torch.Tensor:
+    """kornia's ``get_gaussian_kernel1d(kernel_size, sigma)`` for an odd size, float32:
+    ``exp(-x^2 / (2 sigma^2))`` on ``x = -r .. r``, normalised to sum 1 (the same float32
+    operations, without its checks: they cost more than the blur at 96 px)."""
+    x = torch.arange(kernel_size, dtype=torch.float32) - float(kernel_size // 2)
+    gauss = torch.exp(-x.pow(2.0) / (2 * torch.tensor(float(sigma)).pow(2.0)))
+    return gauss / gauss.sum()
 
 
 BLUR_BLOCK = 32  # output lines per matrix product
 
 
+def _correlate(x: torch.Tensor, band: torch.Tensor, r: int, rows: bool) -> torch.Tensor:
+    """``x @ band`` along W (``rows=False``) or ``band.T @ x`` along H, BLUR_BLOCK output
+    lines at a time over the 2r + BLUR_BLOCK input lines they read (one product for a short
+    side)."""
+    n = band.shape[0]
+    if n <= 4 * BLUR_BLOCK:
+        return band.t() @ x if rows else x @ band
+    out = torch.empty_like(x)
+    for s in range(0, n, BLUR_BLOCK):
+        lo, hi = max(0, s - r), min(n, s + BLUR_BLOCK + r)
+        if rows:
+            out[..., s:s + BLUR_BLOCK, :] = band[lo:hi, s:s + BLUR_BLOCK].t() @ x[..., lo:hi, :]
+        else:
+            out[..., s:s + BLUR_BLOCK] = x[..., lo:hi] @ band[lo:hi, s:s + BLUR_BLOCK]
+    return out
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float, kernel_size: int) -> torch.Tensor:
     """``kornia.filters.gaussian_blur2d(x, k, (sigma, sigma), "reflect")`` for (..., H, W):
-    the same kernel, along W then H, each pass as matrix products with the reflect band,
-    BLUR_BLOCK output lines at a time over the 2r + BLUR_BLOCK input lines they read. On one
-    core this is the fastest exact blur of one image we measured: 0.7 ms at 224 px, against
-    1.4 for one product with the whole band and 3.6 for two depthwise convolutions."""
-    kernel = get_gaussian_kernel1d(kernel_size, float(sigma), dtype=x.dtype)[0]
+    the same kernel along W then H, each pass as matrix products with the reflect band
+    (:func:`_correlate`). On one core the fastest exact blur of one image we measured: 0.7
+    ms at 224 px, against 1.4 for one product with the whole band and 3.6 for two depthwise
+    convolutions."""
+    kernel = gaussian_kernel(kernel_size, sigma).to(x.dtype)
     r = kernel_size // 2
     h, w = x.shape[-2:]
     band = _reflect_band(w, kernel)
-    rows = torch.empty_like(x)
-    for s in range(0, w, BLUR_BLOCK):
-        lo, hi = max(0, s - r), min(w, s + BLUR_BLOCK + r)
-        rows[..., s:s + BLUR_BLOCK] = x[..., lo:hi] @ band[lo:hi, s:s + BLUR_BLOCK]
-    band = band if h == w else _reflect_band(h, kernel)
-    out = torch.empty_like(x)
-    for s in range(0, h, BLUR_BLOCK):
-        lo, hi = max(0, s - r), min(h, s + BLUR_BLOCK + r)
-        out[..., s:s + BLUR_BLOCK, :] = band[lo:hi, s:s + BLUR_BLOCK].t() @ rows[..., lo:hi, :]
-    return out
+    x = _correlate(x, band, r, rows=False)
+    return _correlate(x, band if h == w else _reflect_band(h, kernel), r, rows=True)
 
 
 def apply_view(x: torch.Tensor, d: ViewDraw, spec: PhotometricSpec) -> torch.Tensor:

@@ -14,7 +14,8 @@ from sslkit.augment import ColorJitter, RandomSolarize, build_views, to_unit_flo
 from sslkit.data import TrainSampler, build_dataset, build_loader
 from sslkit.data.crops import CropSpec, SeededSampler, TwoCropDataset, decode_two_views
 from sslkit.photometric import (PhotometricSpec, ViewDraw, WorkerPhotometric, apply_view,
-                                apply_view_uint8, draw_photometric, gaussian_blur)
+                                apply_view_uint8, draw_photometric, gaussian_blur,
+                                gaussian_kernel)
 from sslkit.pipeline import build_pretrain_input, photometric_in_loader
 from test_crops import jpeg_folder
 
@@ -177,10 +178,13 @@ def test_blur_on_a_non_square_image_and_small_kernels():
     """The banded-product blur is kornia's gaussian_blur2d (reflect) on any shape."""
     import kornia.filters as KF
 
-    x = torch.rand(2, 3, 37, 50)
-    for k, sigma in ((3, 0.5), (9, 2.0), (23, 1.3)):
-        ref = KF.gaussian_blur2d(x, (k, k), (sigma, sigma), "reflect")
-        assert torch.allclose(gaussian_blur(x, sigma, k), ref, atol=1e-6)
+    for shape in ((2, 3, 37, 50), (1, 3, 150, 230)):  # one product; blocks of lines
+        x = torch.rand(shape)
+        for k, sigma in ((3, 0.5), (9, 2.0), (23, 1.3), (23, 0.1)):
+            ref = KF.gaussian_blur2d(x, (k, k), (sigma, sigma), "reflect")
+            assert torch.allclose(gaussian_blur(x, sigma, k), ref, atol=1e-6), (shape, k)
+            kernel = KF.get_gaussian_kernel1d(k, sigma)[0]
+            assert torch.allclose(gaussian_kernel(k, sigma), kernel, rtol=1e-6, atol=0)
 
 
 def test_whole_view_is_the_device_chain_in_its_order():
