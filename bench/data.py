@@ -7,16 +7,21 @@ views of a batch of 256, on the training device:
   facebookresearch/moco ``main_moco.py`` applied per sample, twice, in DataLoader workers
   (RandomResizedCrop(224, 0.2-1) of the decoded photo, ColorJitter p 0.8, grayscale 0.2,
   PIL Gaussian blur p 0.5, flip, ToTensor, Normalize), then the views moved to the device;
-* sslkit: ``sslkit.pipeline.build_pretrain_input`` of an imagefolder config: the workers
-  decode each image once (reduced-size JPEG decode where the crops allow) and cut both views'
-  crops of the whole image; the photometric part runs batched on the device (kornia);
+* sslkit: ``sslkit.pipeline.build_pretrain_input`` of an imagefolder config, the code a
+  training run uses: the workers decode each image once (reduced-size JPEG decode where the
+  crops allow) and cut both views' crops of the whole image; on a CPU device they also apply
+  each view's photometric ops (``sslkit.photometric``) and the main process normalises, on a
+  GPU the photometric part runs batched there (kornia);
 * sslkit with ``data.decode_device=cuda`` (GPU only): the workers read bytes, nvjpeg decodes.
 
 Same workers, batch and image size for all. Each pipeline is timed over whole epochs of the
 folder, alternating (reference, sslkit, reference, ...), each from starting its workers to
 the last batch's views on the device; the median epoch is reported. A second
 table times the per-image decode + two crops in one process: PIL with and without the
-reduced-size decode, and torchvision.io.decode_jpeg + antialiased interpolate.
+reduced-size decode, and torchvision.io.decode_jpeg + antialiased interpolate. A third
+times each photometric op on one view in one process, one thread: the reference's PIL /
+torchvision op against sslkit's loader op (float32 on the uint8 crop), the best of
+alternating rounds.
 
 The input is a generated folder of JPEGs at ImageNet-like sizes (500x375 and 375x500,
 quality 90), made once under --folder.
@@ -57,6 +62,10 @@ DECODE_SECTION = "## ImageFolder decode + two crops, one process (`bench/data.py
 DECODE_HEADER = ("| date | machine | size | reference (PIL decode, 2x resized_crop) ms/img "
                  "| PIL + reduced-size decode ms/img | decode_jpeg + interpolate ms/img |\n"
                  "|---|---|---|---|---|---|")
+OPS_SECTION = "## ImageFolder photometric ops per view, one process (`bench/data.py`)"
+OPS_HEADER = ("| date | machine | size | op | reference (PIL / torchvision) ms | sslkit loader "
+              "ms |\n|---|---|---|---|---|---|")
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def make_folder(folder: Path, n: int, classes: int = 10) -> Path:
@@ -94,7 +103,7 @@ def reference_loader(folder: Path, size: int, batch: int, workers: int, pin: boo
                      T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
                      T.RandomGrayscale(p=0.2), T.RandomApply([Blur()], p=0.5),
                      T.RandomHorizontalFlip(), T.ToTensor(),
-                     T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+                     T.Normalize(MEAN, STD)])
     ds = D.ImageFolder(str(folder / "train"), transform=lambda im: (aug(im), aug(im)))
     return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
                                        drop_last=True, pin_memory=pin, prefetch_factor=4)
@@ -182,6 +191,70 @@ def decode_times(folder: Path, size: int, n: int) -> tuple[float, float, float]:
     return tuple(out)
 
 
+def op_times(folder: Path, size: int, n: int, rounds: int = 3) -> list[tuple[str, float, float]]:
+    """``(op, reference ms, sslkit ms)`` per view for the photometric ops on n crops, one
+    thread; each pair timed alternately ``rounds`` times, the best kept. Fixed factors for
+    the jitter (brightness 1.2, contrast 0.8, saturation 1.2, hue 0.05), sigma 1 for the blur;
+    "whole view" draws each op as the MoCo-v2 recipe does (p 0.8 / 0.2 / 0.5)."""
+    import torchvision.transforms as T
+    import torchvision.transforms.functional as TF
+
+    from sslkit.augment import build_views
+    from sslkit.photometric import (ViewDraw, WorkerPhotometric, apply_view_uint8,
+                                    draw_photometric)
+
+    paths = sorted((folder / "train").rglob("*.jpg"))[:n]
+    spec = CropSpec(size, (0.2, 1.0), (3 / 4, 4 / 3), 0.5)
+    crops = [decode_two_views(str(p), spec, k)[0][0] for k, p in enumerate(paths)]
+    pils = [Image.fromarray(c.permute(1, 2, 0).numpy()) for c in crops]
+    views = build_views("mocov2", size)
+    ph = WorkerPhotometric.from_views(views).spec
+    factors = dict(brightness=(1.2, 1.2), contrast=(0.8, 0.8), saturation=(1.2, 1.2),
+                   hue=(0.05, 0.05))
+    jitter = T.ColorJitter(**factors)
+    recipe = T.Compose([T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+                        T.RandomGrayscale(p=0.2), T.RandomApply([Blur()], p=0.5),
+                        T.ToTensor(), T.Normalize(MEAN, STD)])
+    seeds = iter(range(10 ** 9))
+
+    def whole_view(c):  # view 1's draws; the main process normalises the batch: row above
+        return apply_view_uint8(c, draw_photometric(ph, next(seeds))[0], ph)
+
+    ops = [("colour jitter, 4 steps", jitter,
+            lambda c: apply_view_uint8(c, ViewDraw(jitter=(1.2, 0.8, 1.2, 0.05)), ph)),
+           ("grayscale", lambda im: TF.rgb_to_grayscale(im, 3),
+            lambda c: apply_view_uint8(c, ViewDraw(gray=True), ph)),
+           ("Gaussian blur, sigma 1", lambda im: im.filter(ImageFilter.GaussianBlur(1.0)),
+            lambda c: apply_view_uint8(c, ViewDraw(sigma=1.0), ph)),
+           ("to float + normalise (sslkit: main process, batched)",
+            lambda im: TF.normalize(TF.to_tensor(im), MEAN, STD), None),
+           ("whole view, MoCo-v2 draws (sslkit: without the normalise)", recipe, whole_view)]
+    batch = torch.stack(crops)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = []
+    for name, ref, ours in ops:
+        def run_ref():
+            for im in pils:
+                ref(im)
+
+        def run_ours():
+            if ours is None:
+                views.normalized(batch)
+                return
+            for c in crops:
+                ours(c)
+        best = [float("inf"), float("inf")]
+        for _ in range(rounds):
+            for k, fn in enumerate((run_ref, run_ours)):
+                t0 = time.perf_counter()
+                fn()
+                best[k] = min(best[k], 1000 * (time.perf_counter() - t0) / len(crops))
+        out.append((name, *best))
+    torch.set_num_threads(threads)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--folder", type=Path, default=ROOT / "runs" / "bench_data")
@@ -211,10 +284,13 @@ def main() -> None:
            f"{med['sslkit'] / ref:.2f}x | {nv} |")
     dref, dpil, dtv = decode_times(args.folder, args.size, args.decode_images)
     drow = (f"| {date} | {machine()} | {args.size} | {dref:.2f} | {dpil:.2f} | {dtv:.2f} |")
-    print(row, drow, sep="\n")
+    orows = [f"| {date} | {machine()} | {args.size} | {name} | {ref:.2f} | {ours:.2f} |"
+             for name, ref, ours in op_times(args.folder, args.size, args.decode_images)]
+    print(row, drow, *orows, sep="\n")
     if not args.no_write:
         write_rows(SECTION, HEADER, [row])
         write_rows(DECODE_SECTION, DECODE_HEADER, [drow])
+        write_rows(OPS_SECTION, OPS_HEADER, orows)
 
 
 if __name__ == "__main__":

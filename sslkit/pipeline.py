@@ -9,7 +9,9 @@ both build it here, so the preview shows exactly what training sees.
 * ImageFolder with ``data.crop_from: original`` (the default): the loader cuts both views'
   random-resized crops from the whole decoded image (:mod:`sslkit.data.crops`), and the
   device runs only the photometric part. With ``data.decode_device: cuda`` the workers read
-  bytes only and the batch is decoded on the GPU (nvjpeg).
+  bytes only and the batch is decoded on the GPU (nvjpeg). On a CPU training device the
+  workers apply the photometric part too, per view (:mod:`sslkit.photometric`, same ops and
+  draws' distributions), and the main process only normalises.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from sslkit.data.crops import (CropSpec, EncodedBatch, EncodedTwoCropDataset, Se
                                TwoCropDataset, decode_two_views, decode_views, sample_seed)
 from sslkit.data.imagefolder import ImageFolderDataset
 from sslkit.errors import ConfigError, DataError
+from sslkit.photometric import WorkerPhotometric
 from sslkit.runtime import share_cores_with_workers
 
 log = logging.getLogger("sslkit.data")
@@ -38,6 +41,13 @@ BOX_COLOURS = ((230, 60, 50), (40, 170, 230))  # view 1, view 2 on the originals
 
 def crops_from_original(cfg: Config) -> bool:
     return cfg.data.name == "imagefolder" and cfg.data.crop_from == "original"
+
+
+def photometric_in_loader(cfg: Config, device: torch.device) -> bool:
+    """Whether the loader applies the photometric ops too: ImageFolder crops of the original,
+    decoded on the CPU, for a CPU training device (on a GPU they run batched there)."""
+    return (crops_from_original(cfg) and cfg.data.decode_device == "cpu"
+            and device.type == "cpu")
 
 
 @dataclass
@@ -52,6 +62,7 @@ class PretrainInput:
     loader: Any
     views: TwoViews
     spec: Optional[CropSpec] = None
+    photometric: Optional[WorkerPhotometric] = None  # set: the loader's views are finished
     decode_fallbacks: int = 0
     decode_skipped: int = 0
 
@@ -66,6 +77,11 @@ class PretrainInput:
             images = tuple(t.to(self.device, non_blocking=True) for t in images)
         else:
             images = images.to(self.device, non_blocking=True)
+        return self._views(images)
+
+    def _views(self, images) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.photometric is not None:  # the loader applied the photometric part
+            return self.views.normalized(images[0]), self.views.normalized(images[1])
         return self.views(images)
 
     def _count(self, fallbacks: int, skipped: list[str]) -> None:
@@ -99,11 +115,11 @@ class PretrainInput:
             for i in indices:
                 (pair, boxed), _, _ = self.base.first_decodable(  # bad files as in training
                     i, lambda path: _original_with_boxes(path, self.spec, sample_seed(seed, 0, i),
-                                                         self.cfg.data.channels))
+                                                         self.cfg.data.channels, self.photometric))
                 crops.append(pair)
                 originals.append(boxed)
             pair = tuple(torch.stack([c[v] for c in crops]).to(self.device) for v in (0, 1))
-            v1, v2 = self.views(pair)
+            v1, v2 = self._views(pair)
             originals = torch.stack(originals).to(self.device)
         rows = [originals, self.views.denormalize(v1), self.views.denormalize(v2)]
         return tuple(_rgb(r.clamp(0, 1).float().cpu()) for r in rows)
@@ -113,11 +129,13 @@ def _rgb(x: torch.Tensor) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
-def _original_with_boxes(path: str, spec: CropSpec, seed: int, channels: int
+def _original_with_boxes(path: str, spec: CropSpec, seed: int, channels: int,
+                         photometric: Optional[WorkerPhotometric] = None
                          ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The two crops of ``path`` (as training cuts them) and the whole image fitted into an
-    S x S square with both crop boxes outlined."""
-    pair, params = decode_two_views(path, spec, seed, channels)  # as the loader cuts them
+    """The two crops of ``path`` (as training cuts them, with the loader's photometric part
+    when it has one) and the whole image fitted into an S x S square with both crop boxes
+    outlined."""
+    pair, params = decode_two_views(path, spec, seed, channels, photometric)  # as in training
     with Image.open(path) as im:
         width, height = im.size
         full = im.convert("RGB")
@@ -146,7 +164,7 @@ def build_pretrain_input(cfg: Config, device: torch.device, rank: int = 0, world
     views = views_from_config(cfg).to(device)
     sampler = TrainSampler(len(base), seed=cfg.run.seed, rank=rank, world_size=world,
                            drop_last=True)
-    dataset, loader_sampler, spec = base, sampler, None
+    dataset, loader_sampler, spec, photometric = base, sampler, None, None
     if crops_from_original(cfg):
         if cfg.data.decode_device == "cuda" and device.type != "cuda":
             raise ConfigError("data.decode_device=cuda needs a CUDA training device; use "
@@ -156,8 +174,13 @@ def build_pretrain_input(cfg: Config, device: torch.device, rank: int = 0, world
         p = views.params
         spec = CropSpec(cfg.data.image_size, tuple(p["crop_scale"]), tuple(p["crop_ratio"]),
                         float(p["flip_p"]))
-        wrapper = EncodedTwoCropDataset if cfg.data.decode_device == "cuda" else TwoCropDataset
-        dataset, loader_sampler = wrapper(base, spec), SeededSampler(sampler, cfg.run.seed)
+        if cfg.data.decode_device == "cuda":
+            dataset = EncodedTwoCropDataset(base, spec)
+        else:
+            if photometric_in_loader(cfg, device):
+                photometric = WorkerPhotometric.from_views(views)
+            dataset = TwoCropDataset(base, spec, photometric)
+        loader_sampler = SeededSampler(sampler, cfg.run.seed)
     batches = None
     if loader:
         batches = build_loader(dataset, local_batch, train=True, sampler=loader_sampler,
@@ -165,4 +188,4 @@ def build_pretrain_input(cfg: Config, device: torch.device, rank: int = 0, world
                                pin_memory=device.type == "cuda", seed=cfg.run.seed)
         if isinstance(batches, WorkerLoader):
             share_cores_with_workers(cfg.run, device, batches.num_workers)
-    return PretrainInput(cfg, device, dataset, base, sampler, batches, views, spec)
+    return PretrainInput(cfg, device, dataset, base, sampler, batches, views, spec, photometric)

@@ -3,7 +3,8 @@
 Layers, bottom to top (see docs/architecture.md):
   0 errors, distributed, config (schema, loading)
   1 data, augment, models, losses, optim, checkpoint, runtime, features, knn, export, formats,
-    rundir, metrics, pipeline, online_probe, grid, lifecycle
+    rundir, metrics, pipeline, online_probe, grid, lifecycle,
+    photometric
   2 methods, resolved (the defaults and rules that methods and models own)
   3 the engine and evaluation (linear_eval)
   4 the CLI
@@ -25,7 +26,7 @@ LAYERS = {
     "sslkit.optim": 1, "sslkit.checkpoint": 1, "sslkit.runtime": 1, "sslkit.features": 1,
     "sslkit.knn": 1, "sslkit.export": 1, "sslkit.formats": 1, "sslkit.rundir": 1,
     "sslkit.metrics": 1, "sslkit.pipeline": 1, "sslkit.online_probe": 1, "sslkit.grid": 1,
-    "sslkit.lifecycle": 1,
+    "sslkit.lifecycle": 1, "sslkit.photometric": 1,
     "sslkit.methods": 2, "sslkit.resolved": 2,
     "sslkit.engine": 3, "sslkit.step": 3, "sslkit.preview": 3, "linear_eval": 3,
     "sslkit.cli": 4,

@@ -20,8 +20,11 @@ each image is decoded ONCE per step and both views are cut from it:
   corrupt data) falls back to the CPU decoder and is counted.
 
 The photometric part (colour jitter, grayscale, blur, solarize, normalise) then runs batched
-on the training device (:class:`sslkit.augment.TwoViews`). The flip commutes with all of
-those, so flipping in the loader keeps the recipe's distribution.
+on the training device (:class:`sslkit.augment.TwoViews`); on a CPU training device the
+loader applies it too, per view, through the ``photometric`` callable that
+:class:`TwoCropDataset` is given (:class:`sslkit.photometric.WorkerPhotometric`), and the
+device only normalises. The flip commutes with all of those, so flipping in the loader keeps
+the recipe's distribution.
 """
 from __future__ import annotations
 
@@ -29,13 +32,13 @@ import io
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, default_collate
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from sslkit.data.imagefolder import ImageFolderDataset
@@ -138,10 +141,14 @@ def crop_views_pil(im: Image.Image, params: torch.Tensor, size: int, full: tuple
     return out[0], out[1]
 
 
-def decode_two_views(path: str, spec: CropSpec, seed: int, channels: int = 3
+Photometric = Callable[[tuple[torch.Tensor, torch.Tensor], int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def decode_two_views(path: str, spec: CropSpec, seed: int, channels: int = 3,
+                     photometric: Optional[Photometric] = None
                      ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Decode ``path`` once (at a reduced JPEG scale when the boxes allow) and cut its two
-    views; returns ``((view1, view2), params)``."""
+    views, then ``photometric(views, seed)`` if given; returns ``((view1, view2), params)``."""
     with Image.open(path) as im:
         width, height = im.size
         params = draw_views(height, width, spec, seed)
@@ -149,16 +156,21 @@ def decode_two_views(path: str, spec: CropSpec, seed: int, channels: int = 3
         if s > 1:
             im.draft(_pil_mode(channels), (width // s, height // s))
         im = im.convert(_pil_mode(channels))
-        return crop_views_pil(im, params, spec.size, (width, height)), params
+        views = crop_views_pil(im, params, spec.size, (width, height))
+    if photometric is not None:
+        views = photometric(views, seed)
+    return views, params
 
 
 class TwoCropDataset(Dataset):
     """Pretraining views of an ImageFolder, decoded on the CPU: ``load((index, seed))`` ->
     ``((view1, view2) uint8 (C, S, S) each, label, skipped paths)`` (see the module
-    docstring). Undecodable files follow the base dataset's ``skip_corrupt`` rule."""
+    docstring), with ``photometric(views, seed)`` applied when given. Undecodable files
+    follow the base dataset's ``skip_corrupt`` rule."""
 
-    def __init__(self, base: ImageFolderDataset, spec: CropSpec):
-        self.base, self.spec = base, spec
+    def __init__(self, base: ImageFolderDataset, spec: CropSpec,
+                 photometric: Optional[Photometric] = None):
+        self.base, self.spec, self.photometric = base, spec, photometric
         self.labels = base.labels
         self.num_classes = base.num_classes
 
@@ -168,12 +180,16 @@ class TwoCropDataset(Dataset):
     def load(self, key: tuple[int, int]):
         index, seed = key
         views, label, skipped = self.base.first_decodable(
-            index, lambda path: decode_two_views(path, self.spec, seed, self.base.channels)[0])
+            index, lambda path: decode_two_views(path, self.spec, seed, self.base.channels,
+                                                 self.photometric)[0])
         return views, label, skipped
 
     @staticmethod
     def collate(payloads: list) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.stack([p[0] for p in payloads]), torch.stack([p[1] for p in payloads]))
+        # default_collate stacks straight into shared memory in a worker (torch.stack would
+        # make a batch that is copied there once more on its way to the main process)
+        return (default_collate([p[0] for p in payloads]),
+                default_collate([p[1] for p in payloads]))
 
 
 @dataclass
