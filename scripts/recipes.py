@@ -1139,8 +1139,7 @@ kNN (`sslkit/engine.py`) and the linear probe's LR rule (`linear_eval/standard.p
 Rows whose note says **Differs** are deliberate differences, with the reason. Keys that do not
 change what is trained are not compared: the run's plumbing (`run.*`) and the checkpoint
 cadence; the official scripts save once per epoch, and the ImageNet recipes add a checkpoint
-every 10 minutes of wall clock (`train.checkpoint_every_minutes`, see the README's cluster
-section).
+every 10 minutes of wall clock (`train.checkpoint_every_minutes`, see docs/cluster.md).
 
 Sources, read at these commits:
 
