@@ -51,13 +51,14 @@ def knn_top1(result: dict, k: int, t: float) -> float:
     raise KeyError(f"no kNN result for k={k}, T={t}")
 
 
-def cell(values: list[float]) -> str:
+def cell(values: list[float], digits: int = 2) -> str:
+    """Mean [min, max] over seeds (the mean alone for one seed; '-' for none)."""
     if not values:
         return "-"
     mean = statistics.fmean(values)
     if len(values) == 1:
-        return f"{mean:.2f}"
-    return f"{mean:.2f} [{min(values):.2f}, {max(values):.2f}]"
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{min(values):.{digits}f}, {max(values):.{digits}f}]"
 
 
 def table(out: Path, seeds: list[int], rows: list[tuple[str, str]]) -> str:
@@ -144,16 +145,6 @@ def end_of_training(run: Path) -> dict[str, float] | None:
             "loss": statistics.fmean(r.get("loss_plain", r["loss"]) for r in tail)}
 
 
-def cell3(values: list[float]) -> str:
-    """Mean [min, max] to 3 decimals (cosines, losses)."""
-    if not values:
-        return "-"
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.3f}"
-    return f"{mean:.3f} [{min(values):.3f}, {max(values):.3f}]"
-
-
 def bf_schemes_table(out: Path, seeds: list[int], regimes: list[str]) -> str:
     """The models x regimes table of bench/results_bf_schemes.sh: accuracies (mean [min,
     max] over seeds), the few-shot group (long-tailed), and the plain stream's positive /
@@ -187,7 +178,7 @@ def bf_schemes_table(out: Path, seeds: list[int], regimes: list[str]) -> str:
                              f"{','.join(map(str, found))} | "
                              + " | ".join(cell(cols[k]) for k in ("k20", "k200", "lin", "fk",
                                                                   "fl")) + " | "
-                             + " | ".join(cell3(cols[k]) for k in ("pos", "neg", "loss"))
+                             + " | ".join(cell(cols[k], 3) for k in ("pos", "neg", "loss"))
                              + " |")
     return "\n".join(lines)
 
