@@ -69,13 +69,6 @@ batchformer.loss_reduction=sum" ;;
   esac
 }
 
-evaluate_in() {  # evaluate_in REGIME DIR [run_lincls args...]: on the regime's data
-  local regime=$1 dir=$2; shift 2
-  read -r -a data <<< "$(regime_sets "$regime")"
-  local more=("${data[@]:1}")  # the regime's data keys (none for full)
-  evaluate "$dir" "$@" ${more[@]+--set "${more[@]}"}
-}
-
 for regime in $REGIMES; do
   read -r -a sets <<< "$(regime_sets "$regime")"
   for seed in $SEEDS; do

@@ -13,6 +13,14 @@ evaluate() {  # evaluate DIR [run_lincls args...]
   "$PY" run_lincls.py "$@" --set "${EVAL[@]}" ${EXTRA[@]+"${EXTRA[@]}"}
 }
 
+evaluate_in() {  # evaluate_in REGIME DIR [run_lincls args...]: evaluate on the
+  # regime's data; the script defines regime_sets REGIME (its epochs key first, then data keys)
+  local regime=$1 dir=$2; shift 2
+  read -r -a data <<< "$(regime_sets "$regime")"
+  local more=("${data[@]:1}")  # the regime's data keys (none for full)
+  evaluate "$dir" "$@" ${more[@]+--set "${more[@]}"}
+}
+
 pretrain() {  # pretrain RUN CONFIG [key=value...]: train RUN unless evaluated; a killed run resumes
   local run=$1 cfg=$2 start=$SECONDS; shift 2
   if [ -f "$run/eval.json" ]; then return; fi
