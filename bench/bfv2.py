@@ -24,7 +24,7 @@ d-1-i later blocks on 2B rows instead of B, the BF layer on B rows, the heads on
 Also: the v2 model after its
 steps, exported and loaded into torchvision's own ViT: identical outputs, inference ratio.
 Defaults are configs/demo_vit.yaml's model (ViT-Tiny width, 4 blocks, 7x7 patches, 28x28
-single-channel, batch 256, bf16 autocast).
+single-channel, batch 256, the precision auto picks: bf16 where native, else fp32).
 
     python bench/bfv2.py                  # CPU, ~3 min on 2 cores
     python bench/bfv2.py --threads 1 --clock cpu   # on a machine shared with other jobs
@@ -46,8 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import (EngineSteps, bench_trainer, export_vs_torchvision, machine,  # noqa: E402
-                    timed_alternately, torch_kornia_versions, write_rows)
+from common import (EngineSteps, bench_precision, bench_trainer,  # noqa: E402
+                    export_vs_torchvision, machine, timed_alternately, torch_kornia_versions,
+                    write_rows)
 from sslkit.export import backbone_state_dict  # noqa: E402
 from sslkit.models.batchformer import default_insert_after  # noqa: E402
 from sslkit.runtime import autocast  # noqa: E402
@@ -144,7 +145,8 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=28)
     ap.add_argument("--channels", type=int, default=1)
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                    help="auto: bf16 where the device computes it natively, else fp32")
     ap.add_argument("--steps", type=int, default=2, help="steps per timed block")
     ap.add_argument("--blocks", type=int, default=9)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -156,12 +158,13 @@ def main() -> None:
     if args.insert_after is None:
         args.insert_after = default_insert_after(args.depth)[0]
     dev = torch.device(args.device)
+    precision = bench_precision(args.precision, dev)
     torch.set_flush_denormal(True)
     if args.threads:
         torch.set_num_threads(args.threads)
     timer = timed_alternately if args.clock == "wall" else cpu_timed_alternately
     where = machine(dev)
-    trainers = {version: bench_trainer(make_items(args, version), dev, args.precision)
+    trainers = {version: bench_trainer(make_items(args, version), dev, precision)
                 for version in (None, "v1", "v2")}
     runners = {version: EngineSteps(t) for version, t in trainers.items()}
 
@@ -201,14 +204,14 @@ def main() -> None:
     x = trainers["v2"].train_set.images[:64].to(dev).float() / 255
 
     ratio, same = export_vs_torchvision(exported, tv, x, dev,
-                                        lambda: autocast(dev, args.precision), args.steps,
+                                        lambda: autocast(dev, precision), args.steps,
                                         args.blocks, timer)
 
     if not args.no_write:
         model = (f"{args.model} d{args.depth} p{args.patch}, {args.channels}x"
                  f"{args.image_size}px")
         row = (f"| {datetime.date.today().isoformat()} | {where} | {dev.type} | "
-               f"{torch_kornia_versions()} | {model} | {args.batch} | {args.precision} | "
+               f"{torch_kornia_versions()} | {model} | {args.batch} | {precision} | "
                f"{torch.get_num_threads()}, {args.clock} | "
                f"[{args.insert_after}] | {t_plain / args.steps:.3f} | {t_v1 / t_plain:.3f} | "
                f"{exp_v1:.3f} | {t_v2 / t_plain:.3f} | {exp_parts:.3f} | {exp_v2:.3f} | "

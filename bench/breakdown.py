@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import EngineSteps, bench_trainer, machine, sync, torch_kornia_versions, write_rows  # noqa: E402
+from common import (EngineSteps, bench_precision, bench_trainer, machine, sync,  # noqa: E402
+                    torch_kornia_versions, write_rows)
 from sslkit.step import PHASES  # noqa: E402
 
 SECTION = "## The demo's step, phase by phase (`bench/breakdown.py`)"
@@ -54,15 +55,17 @@ def main() -> None:
     ap.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
     ap.add_argument("--set", nargs="+", default=[], dest="overrides", metavar="KEY=VALUE")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                    help="auto: bf16 where the device computes it natively, else fp32")
     ap.add_argument("--steps", type=int, default=20, help="profiled steps")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     dev = torch.device(args.device)
+    precision = bench_precision(args.precision, dev)
     torch.set_flush_denormal(True)
     where = machine(dev)
-    trainer = bench_trainer(args.overrides, dev, args.precision, args.config)
+    trainer = bench_trainer(args.overrides, dev, precision, args.config)
     runner = EngineSteps(trainer)
     runner.run(args.warmup)
     sync(dev)
@@ -86,7 +89,7 @@ def main() -> None:
                                          if args.overrides else "")
         row = (f"| {datetime.date.today().isoformat()} | {where} | {dev.type} | "
                f"{torch_kornia_versions()} | {name} | {trainer.cfg.train.batch_size} | "
-               f"{args.precision} | {plain / args.steps:.3f} | "
+               f"{precision} | {plain / args.steps:.3f} | "
                + " | ".join(f"{shares[k]:.1%}" for k in NAMES) + f" | {wall / plain:.2f}x |")
         write_rows(SECTION, HEADER, [row])
         print("added a row to docs/benchmarks.md")

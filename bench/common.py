@@ -26,12 +26,38 @@ def cpu_model() -> str:
     return model
 
 
+def cpu_bf16_kind() -> str:
+    """The CPU's bf16 capability, on which every CPU ratio depends: "native bf16" or
+    "bf16 emulated" (oneDNN's check and the start-up probe of :func:`sslkit.runtime.cpu_bf16`),
+    and "AVX2 stand-in" when ``ONEDNN_MAX_CPU_ISA`` caps the instruction set."""
+    from sslkit.runtime import cpu_bf16
+
+    kind = "native bf16" if cpu_bf16().native else "bf16 emulated"
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return f"{kind}, {cap} stand-in" if cap else kind
+
+
 def machine(device: torch.device | None = None) -> str:
-    """The GPU's name, or the CPU model, core count and load (other jobs on the machine)."""
+    """The GPU's name, or the CPU model, core count, bf16 capability and load (other jobs on
+    the machine)."""
     if device is not None and device.type == "cuda":
         return torch.cuda.get_device_name(device)
     load = f", load {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    return f"{cpu_model()}, {os.cpu_count()} cores{load}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, {cpu_bf16_kind()}{load}"
+
+
+def bench_precision(precision: str, device: torch.device) -> str:
+    """A benchmark's ``--precision`` as a run would resolve it (``auto``: bf16 on a GPU that
+    supports it and on a CPU that computes bf16 natively, else fp32); its note, if any, is
+    printed."""
+    from sslkit.config import RunConfig
+    from sslkit.runtime import choose_precision
+
+    choice = choose_precision(RunConfig(precision=precision), device)
+    print(f"precision: {choice.precision} ({choice.reason})", flush=True)
+    if choice.note:
+        print(choice.note, flush=True)
+    return choice.precision
 
 
 def torch_kornia_versions() -> str:

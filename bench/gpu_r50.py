@@ -1,7 +1,8 @@
 """GPU benchmark: a MoCo-v2 ResNet-50 step at 224 px against a supervised ResNet-50 step.
 
-Both run on the same GPU, in bf16 autocast with channels_last, with the same batch of uint8
-images already on the device, timed in alternating blocks. The MoCo-v2 step is the engine's
+Both run on the same GPU, in the precision ``run.precision: auto`` picks (bf16 autocast on a
+GPU that supports it) with channels_last, with the same batch of uint8 images already on the
+device, timed in alternating blocks. The MoCo-v2 step is the engine's
 own (``Trainer.train_step``, what ``run_pretrain.py`` runs): the two aug+ views made in batch
 by kornia on the GPU, the query encoder's forward and backward, the key encoder's forward,
 the queue, the non-finite guard, SGD, the LR schedule and the momentum update. The supervised step
@@ -26,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import (EngineSteps, bench_trainer, machine, timed_alternately,  # noqa: E402
-                    torch_kornia_versions, write_rows)
+from common import (EngineSteps, bench_precision, bench_trainer, machine,  # noqa: E402
+                    timed_alternately, torch_kornia_versions, write_rows)
 from sslkit.runtime import autocast  # noqa: E402
 
 SECTION = "## GPU: MoCo-v2 ResNet-50 against supervised ResNet-50 (`bench/gpu_r50.py`)"
@@ -50,6 +51,7 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     cl = torch.channels_last
+    precision = bench_precision("auto", dev)  # bf16 on a GPU that supports it
 
     trainer = bench_trainer([
         "data.name=synthetic", "data.image_size=224", "data.channels=3",
@@ -57,7 +59,7 @@ def main() -> None:
         "model.backbone=resnet50", "model.cifar_stem=false", "method.name=mocov2",
         "method.queue_size=65536", "method.temperature=0.2", "method.bn_splits=8",
         "run.channels_last=true", "optim.lr=0.03", "train.epochs=100",
-        f"train.batch_size={args.batch}"], dev, "bf16")
+        f"train.batch_size={args.batch}"], dev, precision)
 
     import torchvision
     sup = torchvision.models.resnet50(num_classes=1000).to(dev).to(memory_format=cl).train()
@@ -80,7 +82,7 @@ def main() -> None:
             x = (images.float() / 255 - mean) / std
             flip = torch.rand(x.shape[0], device=dev) < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x).contiguous(memory_format=cl)
-            with autocast(dev, "bf16"):
+            with autocast(dev, precision):
                 loss = nn.functional.cross_entropy(sup(x), labels)
             sup_opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -94,7 +96,7 @@ def main() -> None:
     if not args.no_write and dev.type == "cuda":
         versions = torch_kornia_versions()
         row = (f"| {datetime.date.today().isoformat()} | {machine(dev)} | {versions} | "
-               f"{args.batch} | bf16, channels_last | {moco_ips:,.0f} | {sup_ips:,.0f} | "
+               f"{args.batch} | {precision}, channels_last | {moco_ips:,.0f} | {sup_ips:,.0f} | "
                f"{moco_ips / sup_ips:.2f} |")
         write_rows(SECTION, HEADER, [row])
         print("added a row to docs/benchmarks.md")

@@ -12,8 +12,9 @@ Same frozen backbone, same data, same number of epochs, same batch size:
 Times include the feature extraction of each mode (and the test pass). Default: Fashion-MNIST
 (``data.root`` or the Debian package), a stratified ``--train`` subset, ``--test`` test
 images, the demo's backbone (ResNet-18, CIFAR stem, width 16, 1 channel, 128-d) randomly
-initialised (``--checkpoint`` to use a trained ``backbone.pt``/``last.pt`` instead), bf16
-autocast on the CPU. A row goes to docs/benchmarks.md (``--no-write`` to skip).
+initialised (``--checkpoint`` to use a trained ``backbone.pt``/``last.pt`` instead), the
+precision auto picks (bf16 where the CPU computes it natively, else fp32). A row goes to
+docs/benchmarks.md (``--no-write`` to skip).
 
     python bench/lincls.py                                  # ~5 min on 2 cores
     python bench/lincls.py --train 2000 --test 1000 --epochs 5 --no-write   # quick
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import machine, write_rows  # noqa: E402
+from common import bench_precision, machine, write_rows  # noqa: E402
 
 from linear_eval.cached import cached_probe  # noqa: E402
 from linear_eval.standard import standard_probe  # noqa: E402
@@ -68,7 +69,8 @@ def main() -> None:
     ap.add_argument("--no-aug-run", action="store_true",
                     help="also one standard run at the best LR that trains on the centre view "
                          "(no crop/flip): separates the effect of augmentation from the mode")
-    ap.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                    help="auto: bf16 where the device computes it natively, else fp32")
     ap.add_argument("--checkpoint", default=None, help="trained backbone.pt / last.pt")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
@@ -101,13 +103,14 @@ def main() -> None:
     for p in backbone.parameters():
         p.requires_grad_(False)
     dev = torch.device("cpu")
+    precision = bench_precision(args.precision, dev)
     cfg = config.build({"eval": {"epochs": args.epochs, "batch_size": args.batch}}).eval
     eval_tf = CenterView(size, channels, mean, std)
     train_tf = ProbeTrainTransform(size, mean, std, channels)
 
     t0 = time.perf_counter()
-    ftr, _ = extract_features(backbone, (xtr, ytr), dev, args.precision, eval_tf, 512)
-    fte, _ = extract_features(backbone, (xte, yte), dev, args.precision, eval_tf, 512)
+    ftr, _ = extract_features(backbone, (xtr, ytr), dev, precision, eval_tf, 512)
+    fte, _ = extract_features(backbone, (xte, yte), dev, precision, eval_tf, 512)
     extract_s = time.perf_counter() - t0
     cached = cached_probe(ftr, ytr, fte, yte, classes, cfg, seed=0)
     cached_s = time.perf_counter() - t0
@@ -123,7 +126,7 @@ def main() -> None:
         t0 = time.perf_counter()
         r = standard_probe(backbone, dim, classes, (xtr, ytr), (xte, yte), c,
                            train_transform=train_tf, test_transform=eval_tf, device=dev,
-                           precision=args.precision, seed=0, progress=False)
+                           precision=precision, seed=0, progress=False)
         runs.append((time.perf_counter() - t0, r["linear_top1"], lr))
         print(f"standard lr {lr:g}: {runs[-1][0]:.1f} s, top-1 {r['linear_top1']:.2f}", flush=True)
     std_s = statistics.median(t for t, _, _ in runs)
@@ -135,14 +138,14 @@ def main() -> None:
     if args.no_aug_run:
         r = standard_probe(backbone, dim, classes, (xtr, ytr), (xte, yte),
                            dataclasses.replace(cfg, lr=std_lr), train_transform=eval_tf,
-                           test_transform=eval_tf, device=dev, precision=args.precision, seed=0)
+                           test_transform=eval_tf, device=dev, precision=precision, seed=0)
         no_aug = f"; without crop/flip {r['linear_top1']:.2f}"
         print(f"standard lr {std_lr:g} trained on the centre view: top-1 "
               f"{r['linear_top1']:.2f}", flush=True)
     if not args.no_write:
         row = (f"| {datetime.date.today().isoformat()} | {machine()} | "
                f"{torch.get_num_threads()} | {torch.__version__.split('+')[0]} | "
-               f"{args.data} ({len(ytr)} / {len(yte)}) | {what}, {dim}-d, {args.precision} | "
+               f"{args.data} ({len(ytr)} / {len(yte)}) | {what}, {dim}-d, {precision} | "
                f"{args.epochs} | {std_s:.1f} | "
                f"{std_top1:.2f} ({std_lr:g}; tried {tried}{no_aug}) | "
                f"{cached_s:.1f} | {cached['linear_top1']:.2f} ({sel['lr']:g}, {sel['wd']:g}) | "

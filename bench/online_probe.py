@@ -2,9 +2,9 @@
 docs/benchmarks.md).
 
 The demo's pretraining step (configs/demo.yaml: MoCo-v2, ResNet-18 w16, 28 px, batch 256,
-bf16 autocast) with ``eval.online_probe: false`` and ``true``, the two trainers timed in
-alternating blocks of steps after a warm-up, on the same batches (the step reads the next
-batch of each trainer's own loader).
+auto precision: bf16 where native, else fp32) with ``eval.online_probe: false`` and
+``true``, the two trainers timed in alternating blocks of steps after a warm-up, on the same
+batches (the step reads the next batch of each trainer's own loader).
 
     python bench/online_probe.py               # CPU, about 2 minutes on 2 cores
     python bench/online_probe.py --device cuda --batch 512

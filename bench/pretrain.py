@@ -38,8 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import (EngineSteps, bench_trainer, export_vs_torchvision, machine,  # noqa: E402
-                    timed_alternately, torch_kornia_versions, write_rows)
+from common import (EngineSteps, bench_precision, bench_trainer,  # noqa: E402
+                    export_vs_torchvision, machine, timed_alternately, torch_kornia_versions,
+                    write_rows)
 from sslkit.methods import build_method  # noqa: E402
 from sslkit.runtime import autocast  # noqa: E402
 
@@ -85,19 +86,21 @@ def main() -> None:
     ap.add_argument("--set", nargs="+", default=[], dest="overrides", metavar="KEY=VALUE",
                     help="config overrides, as run_pretrain.py --set")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                    help="auto: bf16 where the device computes it natively, else fp32")
     ap.add_argument("--workers", type=int, default=2, help="reference pipeline's workers")
     ap.add_argument("--steps", type=int, default=5, help="steps per timed block")
     ap.add_argument("--blocks", type=int, default=5)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     dev = torch.device(args.device)
+    precision = bench_precision(args.precision, dev)
     torch.set_flush_denormal(True)
     where = machine(dev)
 
-    plain = bench_trainer(args.overrides, dev, args.precision, args.config)
+    plain = bench_trainer(args.overrides, dev, precision, args.config)
     with_bf = bench_trainer([*args.overrides, "batchformer.enabled=true"], dev,
-                            args.precision, args.config)
+                            precision, args.config)
     cfg = plain.cfg
     ours, ours_bf = EngineSteps(plain), EngineSteps(with_bf)
 
@@ -154,7 +157,7 @@ def main() -> None:
     x = ds.images[:64].to(dev).float() / 255
 
     ratio, same = export_vs_torchvision(exported, tv, x, dev,
-                                        lambda: autocast(dev, args.precision), args.steps,
+                                        lambda: autocast(dev, precision), args.steps,
                                         args.blocks)
 
     if not args.no_write:
@@ -162,7 +165,7 @@ def main() -> None:
         model = (f"{cfg.data.name}: {m.backbone} w{m.width}, {c}x{cfg.data.image_size}px, "
                  f"{cfg.method.name}")
         row = (f"| {datetime.date.today().isoformat()} | {where} | {dev.type} | {versions} | "
-               f"{model} | {cfg.train.batch_size} | {args.precision} | {args.workers} | "
+               f"{model} | {cfg.train.batch_size} | {precision} | {args.workers} | "
                f"{ours_ips:,.0f} | {ref_ips:,.0f} | {ours_ips / ref_ips:.2f}x | "
                f"{t_aug / t_ours:.1%} | {t_bf / t_ours:.3f} | {ratio:.3f} (identical outputs) |")
         write_rows(SECTION, HEADER, [row])

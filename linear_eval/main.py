@@ -118,6 +118,8 @@ def _run(checkpoint, config_path, overrides, baseline, output) -> dict:
               f"{'pixels' if baseline == 'raw-pixels' else cfg.model.backbone} "
               f"({s.feat_dim}-d), {s.device.type}/{s.precision}, mode={ev.mode}, "
               f"{dist.get_world_size()} process(es)", flush=True)
+        print(f"compute: {s.device.type}, {s.precision} ({s.precision_choice.reason})"
+              + (f"\n{s.precision_choice.note}" if s.precision_choice.note else ""), flush=True)
     probe_w, final_w = writers(s.out_dir, main and cfg.run.tensorboard)
     timings, embedded = {}, 0
     try:

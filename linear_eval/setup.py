@@ -39,7 +39,8 @@ from sslkit.errors import CheckpointError, UserError
 from sslkit.export import Source, no_config_error, read_source
 from sslkit.formats import match_names
 from sslkit.models.backbones import backbone_from_config
-from sslkit.runtime import configure_cpu, resolve_device, resolve_precision, seed_everything
+from sslkit.runtime import (PrecisionChoice, choose_precision, configure_cpu, resolve_device,
+                            seed_everything)
 
 BASELINES = ("raw-pixels", "random-init")
 
@@ -145,6 +146,7 @@ class Setup:
     cfg: config_mod.Config
     device: torch.device
     precision: str
+    precision_choice: PrecisionChoice
     backbone: nn.Module
     feat_dim: int
     out_dir: Path
@@ -167,8 +169,9 @@ def prepare(checkpoint: str | None, config_path: str | None, overrides: list[str
     configure_cpu(cfg.run)
     seed_everything(cfg.run.seed)
     device = resolve_device(cfg.run)
-    precision = resolve_precision(cfg.run, device)
-    dist.init_distributed(device.type)
+    choice = choose_precision(cfg.run, device)
+    if dist.init_distributed(device.type):  # one precision for every rank: rank 0's probe
+        choice = dist.broadcast_object(choice)
     backbone, feat_dim = build_model(cfg, src.state if src else None, checkpoint, baseline)
     backbone.to(device)
     out_dir = output_dir(cfg, checkpoint, baseline, output, src.run_dir if src else None)
@@ -181,5 +184,5 @@ def prepare(checkpoint: str | None, config_path: str | None, overrides: list[str
     mean, std = normalization(cfg.data.name, cfg.data.channels, cfg.data.mean, cfg.data.std)
     eval_tf = eval_transform_from_config(cfg).to(device)
     train_tf = ProbeTrainTransform(cfg.data.image_size, mean, std, cfg.data.channels).to(device)
-    return Setup(cfg, device, precision, backbone, feat_dim, out_dir, train_ds, test_ds,
-                 num_classes, eval_tf, train_tf)
+    return Setup(cfg, device, choice.precision, choice, backbone, feat_dim, out_dir, train_ds,
+                 test_ds, num_classes, eval_tf, train_tf)

@@ -390,7 +390,7 @@ PARAMS: list[Param] = [
     Param("epochs", "epochs", lambda r: r.cfg.train.epochs),
     Param("batch", "batch (global)", lambda r: r.cfg.train.batch_size),
     Param("precision", "precision", lambda r: {
-        "auto": "bf16 autocast (CUDA), fp32 on the CPU", "bf16": "bf16 autocast",
+        "auto": "bf16 autocast where native (GPU, CPU), else fp32", "bf16": "bf16 autocast",
         "fp16": "fp16 autocast + GradScaler", "fp32": "fp32"}[r.cfg.run.precision]),
     # method
     Param("temperature", "temperature", lambda r: r.cfg.method.temperature),
@@ -796,10 +796,10 @@ _BFV2_DELIBERATE = {
 
 # --------------------------------------------------------------------------- deliberate differences
 def _precision(official: str) -> Deliberate:
-    return Deliberate("bf16 autocast (CUDA), fp32 on the CPU", (
+    return Deliberate("bf16 autocast where native (GPU, CPU), else fp32", (
         f"The reference runs {official}. sslkit's `run.precision: auto` is bf16 autocast "
         "on GPUs that support it: bf16 has fp32's exponent range, so no GradScaler is needed "
-        "and no step is lost to a loss-scale overflow; on the CPU it is fp32."))
+        "and no step is lost to a loss-scale overflow; on a CPU it is bf16 only where the CPU computes bf16 natively, else fp32."))
 
 
 EMA_AFTER_STEP = Deliberate(SSLKIT_EMA_UPDATE, (

@@ -41,7 +41,7 @@ from sslkit.pipeline import build_pretrain_input
 from sslkit.resolved import feature_dim, resolved
 from sslkit.rundir import check_run_dir, clear_run_dir, compare_resume_config
 from sslkit.runtime import (configure_cpu, fork_rng, params_finite, resolve_device,
-                            resolve_precision, rng_state, seed_everything, set_rng_state)
+                            choose_precision, rng_state, seed_everything, set_rng_state)
 from sslkit.step import StepResult, TrainingDiverged, TrainStep
 
 
@@ -55,9 +55,12 @@ class Trainer:
         self.run_dir = Path(cfg.run.output_dir)
         # 1. everything that can refuse the input, before anything is written
         self.device = resolve_device(cfg.run)
-        self.precision = resolve_precision(cfg.run, self.device)
+        choice = choose_precision(cfg.run, self.device)
         self.distributed = dist_utils.init_distributed(self.device.type,
                                                        cfg.run.dist_timeout_s)
+        if self.distributed:  # one precision for every rank: rank 0's probe decides
+            choice = dist_utils.broadcast_object(choice)
+        self.precision, self.precision_choice = choice.precision, choice
         self.rank, self.world = dist_utils.get_rank(), dist_utils.get_world_size()
         self.main = self.rank == 0
         if self.distributed and cfg.method.sync_bn and self.device.type != "cuda":
@@ -415,7 +418,9 @@ def pretrain(cfg: Config, resume: bool = False, overwrite: bool = False,
     try:
         trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
         if trainer.main:
-            for line in header:
+            choice = trainer.precision_choice
+            for line in [*header, f"compute: {trainer.device.type}, {choice.precision} "
+                                  f"({choice.reason})", *([choice.note] if choice.note else [])]:
                 print(line, flush=True)
         if trainer.start_step >= trainer.total_steps:
             if trainer.main:

@@ -6,11 +6,15 @@ modules below them follow their inputs' device.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
+import time
+from typing import Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sslkit import distributed as dist_utils
@@ -28,15 +32,140 @@ def resolve_device(run: RunConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def resolve_precision(run: RunConfig, device: torch.device) -> str:
-    """``auto`` is bf16 on a GPU that supports it, else fp32; fp16 needs CUDA."""
+# The CPU bf16 probe: bf16 is picked by ``run.precision: auto`` when it runs the probe in at
+# most this fraction of fp32's time. Measured: 0.46-0.66 on a CPU with native bf16
+# (AVX512-BF16), 12-15 where oneDNN emulates it (AVX2 only): the threshold sits between.
+BF16_FASTER_THAN = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuBf16:
+    """What this CPU does with bf16: oneDNN's own support check (``library``), and the
+    probe's measured time of bf16 over fp32 (``slowdown``; None when it did not run) and its
+    cost (``probe_ms``)."""
+
+    library: bool
+    slowdown: Optional[float]
+    probe_ms: float = 0.0
+
+    @property
+    def native(self) -> bool:
+        """bf16 is worth it here: oneDNN supports it and the probe ran it faster than fp32."""
+        return self.library and self.slowdown is not None and self.slowdown < BF16_FASTER_THAN
+
+
+def _onednn_bf16() -> bool:
+    """oneDNN's own check (AVX512-BF16, AMX or AVX512 on x86, bf16 on ARM; it honours
+    ``ONEDNN_MAX_CPU_ISA``); True when this torch has no such check (the probe decides)."""
+    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else True
+    except RuntimeError:
+        return True
+
+
+def _probe_slowdown(reps: int = 3) -> float:
+    """bf16-autocast time / fp32 time of one 3x3 convolution's forward and backward
+    (16 x 32 x 16 x 16, one thread, no RNG drawn): the fastest of ``reps`` runs each after
+    one warm-up; stops after one bf16 run already 2x slower than fp32. About 25 ms where bf16
+    is native, 80-110 ms where it is emulated (2-core AMD EPYC)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # steadier than several threads on a shared machine
+    try:
+        with torch.enable_grad():
+            x = torch.linspace(-1, 1, 16 * 32 * 16 * 16).reshape(16, 32, 16, 16)
+            w = torch.linspace(-0.1, 0.1, 32 * 32 * 9).reshape(32, 32, 3, 3)
+            x.requires_grad_(True)
+            w.requires_grad_(True)
+
+            def run(bf16: bool) -> float:
+                t0 = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    y = F.conv2d(x, w, padding=1)
+                torch.autograd.grad(y.float().sum(), (x, w))
+                return time.perf_counter() - t0
+
+            run(False)
+            fp32 = min(run(False) for _ in range(reps))
+            run(True)
+            bf16 = run(True)
+            for _ in range(reps - 1):
+                if bf16 > 2 * fp32:
+                    break
+                bf16 = min(bf16, run(True))
+    finally:
+        torch.set_num_threads(threads)
+    return bf16 / fp32
+
+
+_CPU_BF16: dict[bool, CpuBf16] = {}
+
+
+def cpu_bf16(measure: bool = False) -> CpuBf16:
+    """This CPU's bf16 (cached per process). The probe runs when oneDNN reports bf16 support
+    (a reported support can still be slow: ``ONEDNN_MAX_CPU_ISA``, AVX512 without bf16
+    instructions), or when ``measure`` asks for the slowdown anyway."""
+    key = measure or _onednn_bf16()
+    if key not in _CPU_BF16:
+        library = _onednn_bf16()
+        slowdown, ms = None, 0.0
+        if library or measure:
+            t0 = time.perf_counter()
+            slowdown = _probe_slowdown()
+            ms = (time.perf_counter() - t0) * 1e3
+        _CPU_BF16[key] = CpuBf16(library, slowdown, ms)
+    return _CPU_BF16[key]
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionChoice:
+    """The precision a run computes in, why (``reason``, for the run header) and a ``note``
+    line for a choice that costs time (explicit bf16 on a CPU that emulates it)."""
+
+    precision: str
+    reason: str
+    note: Optional[str] = None
+
+
+def choose_precision(run: RunConfig, device: torch.device) -> PrecisionChoice:
+    """``run.precision`` on ``device``. ``auto``: on a GPU, bf16 when it supports bf16, else
+    fp32; on a CPU, bf16 only where it computes bf16 natively (:func:`cpu_bf16`: oneDNN's
+    check and a measured probe), else fp32: emulated bf16 made a demo step 12x slower than
+    fp32 on an AVX2-only CPU. An explicit ``bf16`` on such a CPU runs as asked, with a note
+    giving the measured slowdown; ``fp16`` needs CUDA."""
     p = run.precision
-    if p == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if p == "fp16" and device.type != "cuda":
         raise ConfigError("run.precision=fp16 needs a CUDA device (it uses a GradScaler); on "
-                          "the CPU use bf16 or fp32")
-    return p
+                          "the CPU use auto, bf16 or fp32")
+    if device.type == "cuda":
+        if p != "auto":
+            return PrecisionChoice(p, "as set")
+        if torch.cuda.is_bf16_supported():
+            return PrecisionChoice("bf16", "auto: this GPU supports bf16")
+        return PrecisionChoice("fp32", "auto: this GPU has no bf16")
+    if p == "fp32":
+        return PrecisionChoice(p, "as set")
+    cpu = cpu_bf16(measure=p == "bf16")
+    probe = (f"a {cpu.probe_ms:.0f} ms probe ran bf16 in {cpu.slowdown:.2f}x fp32's time"
+             if cpu.slowdown is not None else "")
+    if p == "bf16":
+        note = None
+        if not cpu.native:
+            note = (f"note: run.precision=bf16 on a CPU without native bf16: emulated, it "
+                    f"ran {cpu.slowdown:.1f}x slower than fp32 in a {cpu.probe_ms:.0f} ms "
+                    f"probe; run.precision=auto picks fp32 here")
+        return PrecisionChoice("bf16", "as set", note)
+    if cpu.native:
+        return PrecisionChoice("bf16", f"auto: this CPU computes bf16 natively; {probe}")
+    if not cpu.library:
+        return PrecisionChoice("fp32", "auto: oneDNN reports no native bf16 on this CPU, "
+                                       "where emulated bf16 is many times slower")
+    return PrecisionChoice("fp32", f"auto: bf16 is not faster than fp32 on this CPU; {probe}")
+
+
+def resolve_precision(run: RunConfig, device: torch.device) -> str:
+    """The precision of :func:`choose_precision`, without its reason."""
+    return choose_precision(run, device).precision
 
 
 def autocast(device: torch.device, precision: str):

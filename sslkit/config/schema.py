@@ -34,7 +34,9 @@ class RunConfig:
     seed: int = _f(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = _f("auto", help="auto picks CUDA when present")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
-        "auto", help="auto: bf16 on CUDA when supported, else fp32")
+        "auto", help="auto: bf16 where the device computes it natively (a GPU with bf16; a "
+        "CPU whose oneDNN reports bf16 and where a start-up probe runs it faster than fp32), "
+        "else fp32")
     channels_last: bool = _f(False)
     num_threads: Optional[int] = _f(None, ge=1, help="torch CPU threads (null: torch default)")
     log_every_steps: int = _f(10, ge=1)

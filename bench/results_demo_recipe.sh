@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The demo's recipe on both kinds of CPU (docs/results.md, "The demo on both kinds of CPU"):
+# configs/demo.yaml with each VARIANT's overrides, pretrained and evaluated by the demo's own
+# protocol (run_lincls.py: kNN and the cached linear probe), once on this CPU as it is
+# (run.precision: auto) and once under the AVX2-only stand-in (ONEDNN_MAX_CPU_ISA=AVX2
+# ATEN_CPU_CAPABILITY=avx2: oneDNN and ATen limited to AVX2, so auto picks fp32, as on a CPU
+# without native bf16). Each run's pretraining and evaluation seconds are kept beside it
+# (pretrain_seconds.txt, eval_seconds.txt); time them on a quiet machine. Finished runs are
+# never redone, so the script can be stopped and started again.
+#
+#   bash bench/results_demo_recipe.sh                       # every variant on both kinds
+#   KINDS=native VARIANTS="maxpool9" bash bench/results_demo_recipe.sh
+#   EXTRA="data.subset=512 train.max_steps=2" OUT=/tmp/r bash bench/results_demo_recipe.sh  # smoke
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/results_lib.sh
+OUT=${OUT:-runs/results_demo_recipe}
+KINDS=${KINDS:-"native avx2"}
+SEEDS=${SEEDS:-"0"}
+VARIANTS=${VARIANTS:-"demo maxpool9 maxpool6"}
+mkdir -p "$OUT"
+
+variant_sets() {  # the overrides of a variant (the demo as it is: none)
+  case $1 in
+    demo) echo "" ;;
+    maxpool9) echo "model.maxpool=true train.epochs=9" ;;
+    maxpool6) echo "model.maxpool=true train.epochs=6" ;;
+    maxpool12) echo "model.maxpool=true train.epochs=12" ;;
+    mlp9) echo "model.maxpool=true train.epochs=9 method.proj_layers=2" ;;
+    w20) echo "model.maxpool=true train.epochs=9 model.width=20" ;;
+    w24e6) echo "model.maxpool=true train.epochs=6 model.width=24" ;;
+    *) echo "unknown variant $1" >&2; exit 2 ;;
+  esac
+}
+
+for kind in $KINDS; do
+  if [ "$kind" = avx2 ]; then
+    export ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
+  else
+    unset ONEDNN_MAX_CPU_ISA ATEN_CPU_CAPABILITY
+  fi
+  for seed in $SEEDS; do
+    for variant in $VARIANTS; do
+      run="$OUT/${kind}/${variant}_s$seed"
+      read -r -a sets <<< "$(variant_sets "$variant")"
+      pretrain "$run" configs/demo.yaml run.seed="$seed" ${sets[@]+"${sets[@]}"}
+      if [ ! -f "$run/eval.json" ]; then
+        start=$SECONDS
+        evaluate "$run" --checkpoint "$run/checkpoints/last.pt"
+        echo $((SECONDS - start)) > "$run/eval_seconds.txt"
+      fi
+    done
+  done
+done
