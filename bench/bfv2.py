@@ -51,7 +51,7 @@ from common import (EngineSteps, bench_precision, bench_trainer,  # noqa: E402
                     write_rows)
 from sslkit.export import backbone_state_dict  # noqa: E402
 from sslkit.models.batchformer import default_insert_after  # noqa: E402
-from sslkit.runtime import autocast  # noqa: E402
+from sslkit.train.runtime import autocast  # noqa: E402
 
 SECTION = "## BatchFormerV2 on a ViT: step cost (`bench/bfv2.py`)"
 HEADER = ("| date | machine | device | torch / kornia | model | batch | precision "

@@ -4,7 +4,7 @@ docs/benchmarks.md).
 The engine's own steps (``Trainer.train_step`` over ``Trainer.batches()``, what
 ``run_pretrain.py`` runs) of ``--config`` (default ``configs/demo.yaml``) run under
 ``torch.profiler``; the step marks each phase with a ``record_function`` range
-(``sslkit.step.PHASES``): data (waiting for the loader's batch), augment (the two views),
+(``sslkit.train.step.PHASES``): data (waiting for the loader's batch), augment (the two views),
 forward (both encoders and the loss; MoCo-v2's queue update inside it is reported apart as
 queue), backward, optimizer (GradScaler step and update), ema (the momentum update). What no
 range covers (the loss's all-reduce and ``float()``, ``zero_grad``, the LR schedule's step)
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import (EngineSteps, bench_precision, bench_trainer, machine, sync,  # noqa: E402
                     torch_kornia_versions, write_rows)
-from sslkit.step import PHASES  # noqa: E402
+from sslkit.train.step import PHASES  # noqa: E402
 
 SECTION = "## The demo's step, phase by phase (`bench/breakdown.py`)"
 NAMES = ["data", "augment", "forward", "queue", "backward", "optimizer", "ema", "other"]

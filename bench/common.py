@@ -28,9 +28,9 @@ def cpu_model() -> str:
 
 def cpu_bf16_kind() -> str:
     """The CPU's bf16 capability, on which every CPU ratio depends: "native bf16" or
-    "bf16 emulated" (oneDNN's check and the start-up probe of :func:`sslkit.runtime.cpu_bf16`),
+    "bf16 emulated" (oneDNN's check and the start-up probe of :func:`sslkit.train.runtime.cpu_bf16`),
     and "AVX2 stand-in" when ``ONEDNN_MAX_CPU_ISA`` caps the instruction set."""
-    from sslkit.runtime import cpu_bf16
+    from sslkit.train.runtime import cpu_bf16
 
     kind = "native bf16" if cpu_bf16().native else "bf16 emulated"
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
@@ -51,7 +51,7 @@ def bench_precision(precision: str, device: torch.device) -> str:
     supports it and on a CPU that computes bf16 natively, else fp32); its note, if any, is
     printed."""
     from sslkit.config import RunConfig
-    from sslkit.runtime import choose_precision
+    from sslkit.train.runtime import choose_precision
 
     choice = choose_precision(RunConfig(precision=precision), device)
     print(f"precision: {choice.precision} ({choice.reason})", flush=True)
@@ -146,15 +146,15 @@ def export_vs_torchvision(exported: torch.nn.Module, tv: torch.nn.Module, x: tor
 # --------------------------------------------------------------------------- the engine's step
 def bench_trainer(items: Sequence[str], device: torch.device, precision: str,
                   config_path: str | None = None):
-    """A :class:`sslkit.engine.Trainer` for a benchmark: ``config_path`` (or the defaults)
+    """A :class:`sslkit.train.engine.Trainer` for a benchmark: ``config_path`` (or the defaults)
     plus ``items``, a throwaway run directory, no logging, no online kNN. Benchmarks of
-    sslkit's pretraining time its :meth:`~sslkit.engine.Trainer.train_step`, the step that
+    sslkit's pretraining time its :meth:`~sslkit.train.engine.Trainer.train_step`, the step that
     ``run_pretrain.py`` runs (GradScaler, gradient clipping, non-finite guard, LR schedule,
     EMA included)."""
     import tempfile
 
     from sslkit import config
-    from sslkit.engine import Trainer
+    from sslkit.train.engine import Trainer
 
     out = tempfile.mkdtemp(prefix="sslkit-bench-")
     extra = [f"run.output_dir={out}", f"run.device={device.type}",

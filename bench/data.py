@@ -7,10 +7,10 @@ views of a batch of 256, on the training device:
   facebookresearch/moco ``main_moco.py`` applied per sample, twice, in DataLoader workers
   (RandomResizedCrop(224, 0.2-1) of the decoded photo, ColorJitter p 0.8, grayscale 0.2,
   PIL Gaussian blur p 0.5, flip, ToTensor, Normalize), then the views moved to the device;
-* sslkit: ``sslkit.pipeline.build_pretrain_input`` of an imagefolder config, the code a
+* sslkit: ``sslkit.views.pipeline.build_pretrain_input`` of an imagefolder config, the code a
   training run uses: the workers decode each image once (reduced-size JPEG decode where the
   crops allow) and cut both views' crops of the whole image; on a CPU device they also apply
-  each view's photometric ops (``sslkit.photometric``) and the main process normalises, on a
+  each view's photometric ops (``sslkit.views.photometric``) and the main process normalises, on a
   GPU the photometric part runs batched there (kornia);
 * sslkit with ``data.decode_device=cuda`` (GPU only): the workers read bytes, nvjpeg decodes.
 
@@ -52,7 +52,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import machine, sync, torch_kornia_versions, write_rows  # noqa: E402
 from sslkit import config  # noqa: E402
 from sslkit.data.crops import CropSpec, decode_two_views, draw_views  # noqa: E402
-from sslkit.pipeline import build_pretrain_input  # noqa: E402
+from sslkit.methods import resolved  # noqa: E402
+from sslkit.train.runtime import share_cores_with_workers  # noqa: E402
+from sslkit.views.pipeline import build_pretrain_input  # noqa: E402
 
 SECTION = "## ImageFolder input: decode and two views (`bench/data.py`)"
 HEADER = ("| date | machine | device | torch / kornia | workers | batch | size | reference img/s "
@@ -110,11 +112,10 @@ def reference_loader(folder: Path, size: int, batch: int, workers: int, pin: boo
 
 
 def sslkit_config(folder: Path, size: int, batch: int, workers: int, decode: str):
-    return config.load(None, ["data.name=imagefolder", f"data.root={folder}",
-                              f"data.image_size={size}", f"data.num_workers={workers}",
-                              f"train.batch_size={batch}", "augment.preset=mocov2",
-                              f"data.decode_device={decode}", "method.queue_size=65536",
-                              "run.seed=0"])
+    return resolved(config.load(None, [
+        "data.name=imagefolder", f"data.root={folder}", f"data.image_size={size}",
+        f"data.num_workers={workers}", f"train.batch_size={batch}", "augment.preset=mocov2",
+        f"data.decode_device={decode}", "method.queue_size=65536", "run.seed=0"]))
 
 
 def block(kind: str, args, device: torch.device) -> float:
@@ -129,9 +130,11 @@ def block(kind: str, args, device: torch.device) -> float:
             return v1.to(device, non_blocking=True), v2.to(device, non_blocking=True)
     else:
         decode = "cuda" if kind == "nvjpeg" else "cpu"
-        pipe = build_pretrain_input(sslkit_config(args.folder, args.size, args.batch,
-                                                  args.workers, decode), device)
+        cfg = sslkit_config(args.folder, args.size, args.batch, args.workers, decode)
+        pipe = build_pretrain_input(cfg, device)
         loader = pipe.loader
+        # the threads a run leaves its main process beside the workers (sslkit.train.engine)
+        share_cores_with_workers(cfg.run, device, getattr(loader, "num_workers", 0))
 
         def views(batch):
             return pipe.to_views(batch[0])
@@ -200,7 +203,7 @@ def op_times(folder: Path, size: int, n: int, rounds: int = 3) -> list[tuple[str
     import torchvision.transforms.functional as TF
 
     from sslkit.augment import build_views
-    from sslkit.photometric import (ViewDraw, WorkerPhotometric, apply_view_uint8,
+    from sslkit.views.photometric import (ViewDraw, WorkerPhotometric, apply_view_uint8,
                                     draw_photometric)
 
     paths = sorted((folder / "train").rglob("*.jpg"))[:n]

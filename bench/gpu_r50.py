@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import (EngineSteps, bench_precision, bench_trainer, machine,  # noqa: E402
                     timed_alternately, torch_kornia_versions, write_rows)
-from sslkit.runtime import autocast  # noqa: E402
+from sslkit.train.runtime import autocast  # noqa: E402
 
 SECTION = "## GPU: MoCo-v2 ResNet-50 against supervised ResNet-50 (`bench/gpu_r50.py`)"
 HEADER = ("| date | GPU | torch / kornia | batch | precision | MoCo-v2 img/s | supervised img/s "

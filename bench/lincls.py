@@ -42,7 +42,7 @@ from linear_eval.standard import standard_probe  # noqa: E402
 from linear_eval.transforms import ProbeTrainTransform  # noqa: E402
 from sslkit import config  # noqa: E402
 from sslkit.augment import CenterView  # noqa: E402
-from sslkit.features import extract_features  # noqa: E402
+from sslkit.evaluation.features import extract_features  # noqa: E402
 
 SECTION = "## Linear probe: cached vs standard mode (`bench/lincls.py`)"
 HEADER = ("| date | machine | threads | torch | data (train / test) | backbone | epochs | "
@@ -94,7 +94,7 @@ def main() -> None:
     backbone, dim = build_backbone("resnet18", in_channels=channels, cifar_stem=True, width=16)
     what = "ResNet-18 w16 random init"
     if args.checkpoint:
-        from sslkit.checkpoint import load_into
+        from sslkit.io.checkpoint import load_into
         from sslkit.export import read_backbone_source
         state, _ = read_backbone_source(args.checkpoint)
         load_into(backbone, state, args.checkpoint, "backbone")

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import machine, timed_alternately, torch_kornia_versions, write_rows  # noqa: E402
 from sslkit import config  # noqa: E402
-from sslkit.engine import Trainer  # noqa: E402
+from sslkit.train.engine import Trainer  # noqa: E402
 
 SECTION = "## Online linear probe: cost per step (`bench/online_probe.py`)"
 HEADER = ("| date | machine | device | torch / kornia | model | batch | precision | plain s/step "

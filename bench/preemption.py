@@ -37,10 +37,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import machine, write_rows  # noqa: E402
 from sslkit import config  # noqa: E402
-from sslkit.checkpoint import load_checkpoint, save_atomic  # noqa: E402
+from sslkit.io.checkpoint import load_checkpoint, save_atomic  # noqa: E402
 from sslkit.methods import build_method  # noqa: E402
-from sslkit.optim import build_optimizer  # noqa: E402
-from sslkit.resolved import resolved  # noqa: E402
+from sslkit.train.optim import build_optimizer  # noqa: E402
+from sslkit.methods.resolve import resolved  # noqa: E402
 
 SECTION = "## Preemption: signal to exit, steps lost (`bench/preemption.py`)"
 HEADER = ("| date | machine | torch | model, batch | s/step | SIGTERM, 1 process: s to the "

@@ -1,6 +1,6 @@
 """Pretraining step benchmarks, side by side in one run (rows go to docs/benchmarks.md).
 
-Every step timed here is the engine's own (:meth:`sslkit.engine.Trainer.train_step`, what
+Every step timed here is the engine's own (:meth:`sslkit.train.engine.Trainer.train_step`, what
 ``run_pretrain.py`` runs: GradScaler, gradient clipping, non-finite guard, LR schedule, EMA),
 of a Trainer built from ``--config`` (default ``configs/demo.yaml``, the demo's data, model
 and recipe) with a throwaway run directory.
@@ -42,7 +42,7 @@ from common import (EngineSteps, bench_precision, bench_trainer,  # noqa: E402
                     export_vs_torchvision, machine, timed_alternately, torch_kornia_versions,
                     write_rows)
 from sslkit.methods import build_method  # noqa: E402
-from sslkit.runtime import autocast  # noqa: E402
+from sslkit.train.runtime import autocast  # noqa: E402
 
 SECTION = ("## Pretraining step: pipeline, augmentation share, BatchFormer, the engine's step "
            "(`bench/pretrain.py`)")

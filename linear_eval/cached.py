@@ -19,8 +19,8 @@ import torch
 
 from linear_eval.common import class_hits, log_scalar, lr_at_epoch, per_class_accuracy
 from sslkit.config import EvalConfig
-from sslkit.metrics import TB_EVAL, progress_bar
-from sslkit.optim import linear_scaled
+from sslkit.train.metrics import TB_EVAL, progress_bar
+from sslkit.train.optim import linear_scaled
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int = 0

@@ -25,7 +25,7 @@ from linear_eval.sharding import extract_sharded
 from linear_eval.standard import standard_probe
 from sslkit import distributed as dist
 from sslkit.errors import UserError
-from sslkit.features import extract_features
+from sslkit.evaluation.features import extract_features
 from sslkit.knn import knn_evaluate, knn_predict
 
 

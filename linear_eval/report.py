@@ -31,7 +31,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from sslkit.errors import UserError
-from sslkit.metrics import TB_EVAL
+from sslkit.train.metrics import TB_EVAL
 
 EVAL_SUFFIX = ".sslkit-eval"  # the file name suffix of run_lincls's events in tb/
 

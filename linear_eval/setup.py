@@ -5,7 +5,7 @@ Config
     base = ``--config`` if given, else the checkpoint's config (``last.pt`` carries it;
     ``backbone.pt`` takes ``config.yaml`` beside it), then ``--set`` overrides. A checkpoint
     of the field (official MoCo v1/v2, MoCo-v3, DeiT format, timm, torchvision;
-    :mod:`sslkit.formats`) carries none: ``--config`` names its recipe. A baseline
+    :mod:`sslkit.io.layouts`) carries none: ``--config`` names its recipe. A baseline
     without ``--checkpoint`` and ``--config`` uses ``configs/demo.yaml`` (as run_pretrain.py
     does). The dataset's "train" split trains the probe / is the kNN bank, "test" is reported.
 
@@ -33,13 +33,13 @@ from linear_eval.transforms import ProbeTrainTransform
 from sslkit import config as config_mod
 from sslkit import distributed as dist
 from sslkit.augment import CenterView, eval_transform_from_config
-from sslkit.checkpoint import load_into
+from sslkit.io.checkpoint import load_into
 from sslkit.data import TrainSampler, build_loader, dataset_from_config, normalization, tensor_pair
 from sslkit.errors import CheckpointError, UserError
 from sslkit.export import Source, no_config_error, read_source
-from sslkit.formats import match_names
+from sslkit.io.layouts import match_names
 from sslkit.models.backbones import backbone_from_config
-from sslkit.runtime import (PrecisionChoice, choose_precision, configure_cpu, resolve_device,
+from sslkit.train.runtime import (PrecisionChoice, choose_precision, configure_cpu, resolve_device,
                             seed_everything)
 
 BASELINES = ("raw-pixels", "random-init")

@@ -26,11 +26,11 @@ from linear_eval.sharding import rank_rows
 from sslkit import distributed as dist
 from sslkit.config import EvalConfig
 from sslkit.data import tensor_pair
-from sslkit.features import iterate_batches
+from sslkit.evaluation.features import iterate_batches
 from sslkit.knn import topk_correct
-from sslkit.metrics import TB_EVAL, progress_bar
-from sslkit.optim import linear_scaled
-from sslkit.runtime import autocast
+from sslkit.train.metrics import TB_EVAL, progress_bar
+from sslkit.train.optim import linear_scaled
+from sslkit.train.runtime import autocast
 
 
 class BackboneChangedError(RuntimeError):

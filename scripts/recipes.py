@@ -7,8 +7,8 @@ sslkit, next to the official value of each parameter and where that value was re
 
 The official values below are plain data, each with its repository and file. The sslkit
 column is read from the code under test: ``sslkit.config.load`` then
-``sslkit.resolved.resolved`` (nulls filled with the method's defaults), ``sslkit.augment.resolve_params`` (the preset plus the overrides),
-``sslkit.optim`` (the LR scaling and schedule) and the method built by
+``sslkit.methods.resolve.resolved`` (nulls filled with the method's defaults), ``sslkit.augment.resolve_params`` (the preset plus the overrides),
+``sslkit.train.optim`` (the LR scaling and schedule) and the method built by
 ``sslkit.methods.build_method`` on the meta device (heads, stem, BatchFormer: structure only,
 no memory). A row whose values differ must be listed in the recipe's ``deliberate`` table with
 the sslkit value it excuses and the reason; tests/test_recipes.py fails otherwise, and when
@@ -31,11 +31,11 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from sslkit import config as sslconfig  # noqa: E402
-from sslkit.augment import OVERRIDE_KEYS, resolve_params, resolved_preset  # noqa: E402
+from sslkit.augment import OVERRIDE_KEYS, resolve_params  # noqa: E402
 from sslkit.data.info import normalization, resize_side  # noqa: E402
 from sslkit.methods import build_method  # noqa: E402
-from sslkit.optim import linear_scaled, lr_factor, scaled_lr  # noqa: E402
-from sslkit.resolved import resolved  # noqa: E402
+from sslkit.train.optim import linear_scaled, lr_factor, scaled_lr  # noqa: E402
+from sslkit.methods.resolve import resolved  # noqa: E402
 
 PAGE = ROOT / "docs" / "recipes.md"
 
@@ -90,7 +90,7 @@ class Resolved:
         self.cfg = cfg = resolved(cfg)
         self._model: Optional[nn.Module] = None
         overrides = {k: getattr(cfg.augment, k) for k in OVERRIDE_KEYS}
-        self.aug = resolve_params(resolved_preset(cfg), **overrides)
+        self.aug = resolve_params(self.cfg.augment.preset, **overrides)
 
     @property
     def model(self) -> nn.Module:
@@ -101,7 +101,7 @@ class Resolved:
 
 
 # Behaviour fixed by sslkit's code rather than by a config key (the module says where).
-SSLKIT_EMA_UPDATE = "after the optimizer step"              # sslkit/engine.py Trainer._step
+SSLKIT_EMA_UPDATE = "after the optimizer step"              # sslkit/train/engine.py Trainer._step
 SSLKIT_BF_LOSS = "mean of the plain and BatchFormer streams, plain keys"  # methods/streams.py
 SSLKIT_BF_LOSS_BOTH = "mean of the 4 query x key stream pairings"  # batchformer.keys: both
 SSLKIT_BF_TRAINED = "trained; not in the momentum branch"
@@ -112,7 +112,7 @@ BF_JOINT_BOTH = "both streams together (2B rows), in the momentum projector too"
 BF_JOINT_PLAIN = ("both streams together (2B rows) in the online heads; the momentum "
                   "projector sees the B plain keys")
 BF_PER_STREAM = "each stream on its own (B rows); running statistics from the plain stream"
-SSLKIT_KNN_FEATURES = "backbone output"                      # sslkit/engine.py knn_monitor
+SSLKIT_KNN_FEATURES = "backbone output"                      # sslkit/train/engine.py knn_monitor
 SSLKIT_PROBE_LR_RULE = "linear"                              # linear_eval/standard.py
 
 
@@ -180,7 +180,7 @@ def _optimizer(r: Resolved) -> str:
 
 
 def _schedule(r: Resolved) -> tuple:
-    """(shape, granularity, final LR) from sslkit.optim.lr_factor: per step if the LR moves
+    """(shape, granularity, final LR) from sslkit.train.optim.lr_factor: per step if the LR moves
     between two steps of one epoch after the warmup."""
     o, spe = r.cfg.optim, 10
     total, warm = r.cfg.train.epochs * spe, int(round(o.warmup_epochs * spe))
@@ -803,7 +803,8 @@ def _precision(official: str) -> Deliberate:
 
 
 EMA_AFTER_STEP = Deliberate(SSLKIT_EMA_UPDATE, (
-    "sslkit updates the momentum encoder right after `optimizer.step()` (sslkit/engine.py); "
+    "sslkit updates the momentum encoder at the end of each training step, after the "
+    "optimizer's and the LR schedule's steps (sslkit/train/step.py); "
     "the official code does it inside `forward`, just before the key forward. The "
     "key encoder averages the same sequence of online weights; only the momentum schedule's "
     "index is shifted by one step (for a constant momentum the two are identical)."))
@@ -814,7 +815,7 @@ LR_LINEAR_V2 = Deliberate((0.03, "linear"), (
     "README scales it by hand (0.015 at batch 128). At this recipe's batch of 256 both are 0.03."))
 
 SCHEDULE_PER_STEP_V2 = Deliberate(("cosine", "step", 0.0), (
-    "sslkit evaluates the cosine at every step (sslkit/optim.py); facebookresearch/moco "
+    "sslkit evaluates the cosine at every step (sslkit/train/optim.py); facebookresearch/moco "
     "main_moco.py sets it once per epoch (its last epoch runs at 1.85e-6, not 0). Same curve, "
     "without the per-epoch staircase."))
 
@@ -899,7 +900,7 @@ NOTE_SPLIT_BN = ("in one process sslkit splits BN into `method.bn_splits` groups
                  "shuffled key batch (the colab's SplitBatchNorm); under torchrun it shuffles "
                  "the keys across processes, batch/processes images per BN.")
 NOTE_SYNC_BN = ("under torchrun the whole method is converted to SyncBatchNorm "
-                "(sslkit/engine.py); in one process BN sees the whole batch anyway.")
+                "(sslkit/train/engine.py); in one process BN sees the whole batch anyway.")
 NOTE_V3_WARMUP = ("linear from 0 (official) / from 1/warmup_steps (sslkit): one step apart")
 NOTE_V3_EMA = "per step, 0.99 at the first step, 1 at the last"
 
@@ -1129,13 +1130,13 @@ reason, and when this page is stale.
 
 **sslkit (resolved)** is what the code makes of the config: `sslkit.config.load` (keys left
 null get the method's defaults), the augmentation preset with its overrides
-(`sslkit.augment.resolve_params`), the LR scaled to the recipe's batch (`sslkit.optim`), and the
+(`sslkit.augment.resolve_params`), the LR scaled to the recipe's batch (`sslkit.train.optim`), and the
 heads, stem and BatchFormer of the method that `sslkit.methods.build_method` builds. Five
 rows state behaviour fixed by sslkit's code rather than by a key alone: where the momentum
-update runs (`sslkit/engine.py`), the BatchFormer loss (`sslkit/methods/streams.py`, from
+update runs (`sslkit/train/engine.py`), the BatchFormer loss (`sslkit/methods/streams.py`, from
 `batchformer.keys` and `batchformer.loss_reduction`), the BatchFormer's precision under
 autocast (`sslkit/models/batchformer.py`: BatchFormerV2 in fp32), the features of the online
-kNN (`sslkit/engine.py`) and the linear probe's LR rule (`linear_eval/standard.py`).
+kNN (`sslkit/train/engine.py`) and the linear probe's LR rule (`linear_eval/standard.py`).
 Rows whose note says **Differs** are deliberate differences, with the reason. Keys that do not
 change what is trained are not compared: the run's plumbing (`run.*`) and the checkpoint
 cadence; the official scripts save once per epoch, and the ImageNet recipes add a checkpoint

@@ -29,11 +29,16 @@ mocov2_small   (0.2, 1)    as mocov2            0.2     0 / 0       0 / 0
 mocov3_small   (0.08, 1)   as mocov3            0.2     0 / 0       0 / 0.2
 =============  ==========  ===================  ======  ==========  =============
 
-All use ratio (3/4, 4/3), flip p=0.5, blur sigma in [0.1, 2], solarize threshold 0.5. The
+All use ratio (3/4, 4/3), flip p=0.5, blur sigma in [0.1, 2], solarize threshold 0.5. A
+method names its presets (``augment.preset: auto`` takes them, :class:`sslkit.methods.MoCoBase`);
+:func:`register_preset` adds one. The
 ``_small`` presets are for 28-32 px data and drop the blur, as the CIFAR recipes do (MoCo's
 CIFAR colab: no blur, and RandomResizedCrop(32) at torchvision's default scale (0.08, 1), which
 configs/cifar10_mocov2.yaml sets over the preset's aug+ scale; solo-learn's CIFAR MoCo-v3:
 scale (0.08, 1), no blur, solarize 0 / 0.2).
+
+The photometric ops between the crop and the flip (and their gating, draws and the loader's
+per-view form) come from one table, :data:`sslkit.views.photometric.OPS`.
 
 (*) kornia's ColorJitter, with its hue step replaced by :func:`adjust_hue_turns` (the same
 values, about 2.5x faster on CPU; hue is ~70 % of kornia's colour-jitter time).
@@ -55,20 +60,19 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import kornia.augmentation as K
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from PIL import Image, ImageDraw
-from torchvision.utils import make_grid
 
-from sslkit.data.info import IMAGENET_MEAN, IMAGENET_STD, LUMA, luma_of, normalization, resize_side
+from sslkit.config.rules import AUGMENT_KEYS, check_augment, check_normalization
+from sslkit.data.info import (IMAGENET_MEAN, IMAGENET_STD, dataset_info, luma_of, normalization,
+                              resize_side)
 from sslkit.errors import ConfigError
+from sslkit.views.photometric import (ColorJitter, PhotometricSpec, RandomSolarize,
+                                      adjust_hue_turns, blur_kernel_size, device_ops)
 
 # Keys accepted as overrides: exactly the fields of sslkit.config.AugmentConfig but "preset".
-OVERRIDE_KEYS = ("crop_scale", "crop_ratio", "flip_p", "jitter_p", "brightness", "contrast",
-                 "saturation", "hue", "grayscale_p", "blur_p", "blur_sigma", "solarize_p",
-                 "solarize_threshold")
+OVERRIDE_KEYS = AUGMENT_KEYS
 
 _BASE = dict(crop_ratio=(3 / 4, 4 / 3), flip_p=0.5, jitter_p=0.8, brightness=0.4,
              contrast=0.4, hue=0.1, grayscale_p=0.2, blur_sigma=(0.1, 2.0),
@@ -85,78 +89,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def resolved_preset(cfg: Any) -> str:
-    """``augment.preset`` of a :class:`sslkit.config.Config`, with ``auto`` resolved: the
-    method's preset (mocov2 / mocov3), in its ``_small`` variant (no blur) for images of at
-    most 64 px."""
-    if cfg.augment.preset != "auto":
-        return cfg.augment.preset
-    small = "_small" if cfg.data.image_size <= 64 else ""
-    return ("mocov3" if cfg.method.name == "mocov3" else "mocov2") + small
+def register_preset(name: str, **params: Any) -> None:
+    """Add preset ``name``: every key of :data:`OVERRIDE_KEYS`, checked as a config's values
+    are (a method names it as its ``augment_preset``)."""
+    missing = sorted(set(OVERRIDE_KEYS) - set(params))
+    if missing:
+        raise ValueError(f"preset '{name}' misses {', '.join(missing)}")
+    if PRESETS.get(name, params) != params:
+        raise ValueError(f"preset '{name}' is registered already, with other values")
+    PRESETS[name] = check_augment(params)
 
 
 CPU_CHUNK_BYTES = 8 << 20  # see TwoViews._chunked
-
-
-def blur_kernel_size(image_size: int) -> int:
-    """Odd kernel side of about 10 % of the image (224 -> 23, 96 -> 9, 32 -> 3), at least 3."""
-    k = max(3, int(0.1 * image_size))
-    return k if k % 2 else k + 1
-
-
-class RandomSolarize(nn.Module):
-    """BYOL's solarize: with probability ``p`` per image, ``x -> 1 - x`` where ``x >= t``.
-
-    A fixed threshold and no brightness shift (kornia's RandomSolarize draws both at random
-    by default). The per-image gate is drawn on the CPU from torch's global RNG, like
-    kornia's parameters, so CPU and CUDA runs draw the same gates.
-    """
-
-    def __init__(self, threshold: float = 0.5, p: float = 0.2):
-        super().__init__()
-        self.threshold, self.p = float(threshold), float(p)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) in [0, 1]
-        gate = (torch.rand(x.shape[0]) < self.p).to(x.device, non_blocking=True)
-        solarized = torch.where(x >= self.threshold, 1.0 - x, x)
-        return torch.where(gate.view(-1, 1, 1, 1), solarized, x)
-
-    def extra_repr(self) -> str:
-        return f"threshold={self.threshold}, p={self.p}"
-
-
-def adjust_hue_turns(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """torchvision's ``adjust_hue`` for a batch: rotate each image's hue by ``factor`` turns.
-
-    ``x`` (B, 3, H, W) in [0, 1], ``factor`` (B,). In HSV terms (``V = max``, chroma
-    ``X = max - min``, hue in sixths ``h6`` from the maximal channel), the shifted hue
-    ``h6' = h6 + 6 factor`` maps back to RGB as ``out_n = V - X clamp(min(k_n, 4 - k_n), 0, 1)``
-    with ``k_n = (n + h6') mod 6`` for n = 5, 3, 1 (R, G, B): the closed form of the
-    piecewise HSV->RGB that torchvision and kornia evaluate. Same values (to float
-    rounding) at about a third of the cost of kornia's RGB->HSV->RGB round trip on CPU.
-    """
-    r, g, b = x.unbind(1)
-    maxc = torch.maximum(torch.maximum(r, g), b)
-    chroma = maxc - torch.minimum(torch.minimum(r, g), b)
-    div = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    h6 = torch.where(maxc == r, (g - b) / div,
-                     torch.where(maxc == g, 2.0 + (b - r) / div, 4.0 + (r - g) / div))
-    h6 = (h6 + 6.0 * factor.to(device=x.device, dtype=x.dtype).view(-1, 1, 1)).unsqueeze(1)
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    k = torch.remainder(n + h6, 6.0)  # (B, 3, H, W)
-    weight = torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
-    return maxc.unsqueeze(1) - chroma.unsqueeze(1) * weight
-
-
-class ColorJitter(K.ColorJitter):
-    """kornia's ColorJitter (torchvision's formulas) with the hue step of :func:`adjust_hue_turns`.
-
-    kornia 0.9 routes its random-order hue step through ``_adjust_hue_turns``; on versions
-    without that hook the override is unused and kornia's own (equal, slower) hue runs.
-    """
-
-    def _adjust_hue_turns(self, input: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-        return adjust_hue_turns(input, factor)
 
 
 class RandomResizedCrop(nn.Module):
@@ -179,67 +123,20 @@ class RandomResizedCrop(nn.Module):
         return (self.per_image if x.device.type == "cpu" else self.batched)(x)
 
 
-def _pair(value: Any, key: str) -> tuple[float, float]:
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2:
-            raise ConfigError(f"augment.{key}={list(value)} is invalid: give one value or 2 "
-                              f"(view 1, view 2)")
-        return float(value[0]), float(value[1])
-    return float(value), float(value)
-
-
 def resolve_params(preset: str, **overrides: Any) -> dict[str, Any]:
-    """The preset's parameters with non-None ``overrides`` applied (pairs as tuples)."""
+    """The preset's parameters with non-None ``overrides`` applied (checked once, by
+    :func:`sslkit.config.rules.check_augment`; pairs as tuples)."""
     if preset not in PRESETS:
-        raise ConfigError(f"unknown augmentation preset '{preset}'; valid: {', '.join(PRESETS)}")
-    unknown = sorted(set(overrides) - set(OVERRIDE_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown augmentation option '{unknown[0]}'; valid: "
-                          f"{', '.join(OVERRIDE_KEYS)}")
-    p = dict(PRESETS[preset])
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key in ("blur_p", "solarize_p"):
-            value = _pair(value, key)
-        elif key in ("crop_scale", "crop_ratio", "blur_sigma"):
-            if not isinstance(value, (list, tuple)) or len(value) != 2 or value[0] > value[1]:
-                raise ConfigError(f"augment.{key}={value!r} is invalid: give [min, max]")
-            value = (float(value[0]), float(value[1]))
-        else:
-            value = float(value)
-        p[key] = value
-    for key in ("flip_p", "jitter_p", "grayscale_p", "solarize_threshold"):
-        if not 0.0 <= p[key] <= 1.0:
-            raise ConfigError(f"augment.{key}={p[key]} is invalid: must be in [0, 1]")
-    for key in ("blur_p", "solarize_p"):
-        if not all(0.0 <= v <= 1.0 for v in p[key]):
-            raise ConfigError(f"augment.{key}={list(p[key])} is invalid: must be in [0, 1]")
-    if not 0.0 <= p["hue"] <= 0.5:
-        raise ConfigError(f"augment.hue={p['hue']} is invalid: must be in [0, 0.5]")
-    return p
+        raise ConfigError(f"unknown augmentation preset '{preset}' (augment.preset); valid: "
+                          f"{', '.join(PRESETS)}, or auto (the method's)")
+    return {**PRESETS[preset], **check_augment(overrides)}
 
 
-def _view_chain(p: dict[str, Any], view: int, image_size: int, channels: int) -> nn.Sequential:
-    """The kornia chain of view ``view`` (0 or 1), every argument pinned."""
-    rgb = channels == 3
-    ops: list[nn.Module] = [RandomResizedCrop(image_size, p["crop_scale"], p["crop_ratio"])]
-    jitter = (p["brightness"], p["contrast"], p["saturation"] if rgb else 0.0,
-              p["hue"] if rgb else 0.0)
-    if p["jitter_p"] > 0 and any(jitter):
-        ops.append(ColorJitter(
-            brightness=jitter[0], contrast=jitter[1], saturation=jitter[2], hue=jitter[3],
-            same_on_batch=False, p=p["jitter_p"], keepdim=False, order=None))
-    if rgb and p["grayscale_p"] > 0:
-        ops.append(K.RandomGrayscale(rgb_weights=torch.tensor(LUMA), same_on_batch=False,
-                                     p=p["grayscale_p"], keepdim=False))
-    if p["blur_p"][view] > 0:
-        k = blur_kernel_size(image_size)
-        ops.append(K.RandomGaussianBlur(kernel_size=(k, k), sigma=p["blur_sigma"],
-                                        border_type="reflect", separable=True,
-                                        same_on_batch=False, p=p["blur_p"][view], keepdim=False))
-    if p["solarize_p"][view] > 0:
-        ops.append(RandomSolarize(threshold=p["solarize_threshold"], p=p["solarize_p"][view]))
+def _view_chain(spec: PhotometricSpec, p: dict[str, Any], view: int) -> nn.Sequential:
+    """View ``view`` (0 or 1): the crop, the photometric ops of the table
+    (:func:`sslkit.views.photometric.device_ops`), the flip; every argument pinned."""
+    ops: list[nn.Module] = [RandomResizedCrop(spec.size, p["crop_scale"], p["crop_ratio"]),
+                            *device_ops(spec, view)]
     if p["flip_p"] > 0:
         ops.append(K.RandomHorizontalFlip(p=p["flip_p"], p_batch=1.0, same_on_batch=False,
                                           keepdim=False))
@@ -255,11 +152,8 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
 
 def _stats(values: Optional[Sequence[float]], default: Sequence[float], channels: int) -> torch.Tensor:
     vals = list(default) if values is None else [float(v) for v in values]
-    if len(vals) == 1:
-        vals = vals * channels
-    if len(vals) != channels:
-        raise ConfigError(f"got {len(vals)} normalisation values for {channels} channels")
-    return torch.tensor(vals, dtype=torch.float32).view(1, channels, 1, 1)
+    return torch.tensor(vals * channels if len(vals) == 1 else vals,
+                        dtype=torch.float32).view(1, channels, 1, 1)
 
 
 class Normalized(nn.Module):
@@ -267,6 +161,7 @@ class Normalized(nn.Module):
 
     def __init__(self, image_size: int, channels: int, mean, std):
         super().__init__()
+        check_normalization(mean, std, channels)
         self.image_size, self.channels = int(image_size), int(channels)
         default_mean = IMAGENET_MEAN if channels == 3 else luma_of(IMAGENET_MEAN)
         default_std = IMAGENET_STD if channels == 3 else luma_of(IMAGENET_STD)
@@ -299,12 +194,11 @@ class TwoViews(Normalized):
     photometric part (jitter, grayscale, blur, solarize) and the normalisation.
     """
 
-    def __init__(self, view1: nn.Module, view2: nn.Module, image_size: int, channels: int,
-                 mean, std, params: dict[str, Any], preset: str):
-        super().__init__(image_size, channels, mean, std)
-        self.view1, self.view2 = view1, view2
-        self.params, self.preset = params, preset
-        self.photometric1, self.photometric2 = _photometric(view1), _photometric(view2)
+    def __init__(self, spec: PhotometricSpec, mean, std, params: dict[str, Any], preset: str):
+        super().__init__(spec.size, spec.channels, mean, std)
+        self.view1, self.view2 = _view_chain(spec, params, 0), _view_chain(spec, params, 1)
+        self.spec, self.params, self.preset = spec, params, preset
+        self.photometric1, self.photometric2 = _photometric(self.view1), _photometric(self.view2)
 
     @torch.no_grad()
     def forward(self, images) -> tuple[torch.Tensor, torch.Tensor]:
@@ -330,7 +224,7 @@ class TwoViews(Normalized):
     @torch.no_grad()
     def normalized(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 views whose photometric part the loader applied already
-        (:mod:`sslkit.photometric`) -> float32, normalised: ``(x / 255 - mean) / std`` in one
+        (:mod:`sslkit.views.photometric`) -> float32, normalised: ``(x / 255 - mean) / std`` in one
         output, a cache-sized chunk at a time (2.7x faster than whole-batch ops on one core)."""
         self._input(images[:0])  # the shape check
         out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
@@ -360,15 +254,18 @@ def build_views(preset: str, image_size: int, mean: Optional[Sequence[float]] = 
     if image_size < 8:
         raise ConfigError(f"image size {image_size} is too small for the augmentation (>= 8)")
     p = resolve_params(preset, **overrides)
-    return TwoViews(_view_chain(p, 0, image_size, channels), _view_chain(p, 1, image_size, channels),
-                    image_size, channels, mean, std, p, preset)
+    return TwoViews(PhotometricSpec.from_params(p, image_size, channels), mean, std, p, preset)
 
 
 def views_from_config(cfg: Any) -> TwoViews:
-    """:func:`build_views` from a full :class:`sslkit.config.Config`."""
+    """:func:`build_views` from a resolved :class:`sslkit.config.Config` (its preset named:
+    ``auto`` is the method's, filled by :func:`sslkit.methods.resolve.resolved`)."""
+    if cfg.augment.preset == "auto":
+        raise ConfigError("augment.preset=auto is the method's preset: resolve the config "
+                          "first (sslkit.methods.resolved(cfg))")
     mean, std = normalization(cfg.data.name, cfg.data.channels, cfg.data.mean, cfg.data.std)
     overrides = {k: getattr(cfg.augment, k) for k in OVERRIDE_KEYS}
-    return build_views(resolved_preset(cfg), cfg.data.image_size, mean, std,
+    return build_views(cfg.augment.preset, cfg.data.image_size, mean, std,
                        channels=cfg.data.channels, **overrides)
 
 
@@ -403,18 +300,18 @@ class CenterView(Normalized):
 
 
 def eval_transform_from_config(cfg: Any) -> CenterView:
-    """The evaluation view of ``cfg``: ImageFolder crops ``image_size/load_size`` of the square."""
+    """The evaluation view of ``cfg``: a source of image files (ImageFolder) crops
+    ``image_size/load_size`` of the square."""
     mean, std = normalization(cfg.data.name, cfg.data.channels, cfg.data.mean, cfg.data.std)
     fraction = 1.0
-    if cfg.data.name == "imagefolder":
+    if dataset_info(cfg.data.name).files:
         load = cfg.data.load_size or resize_side(cfg.data.image_size)
         fraction = min(1.0, cfg.data.image_size / load)
     return CenterView(cfg.data.image_size, cfg.data.channels, mean, std, fraction)
 
 
 
-__all__ = ["PRESETS", "OVERRIDE_KEYS", "build_views", "resolved_preset", "views_from_config",
-           "TwoViews",
-           "adjust_hue_turns", "ColorJitter", "RandomResizedCrop", "RandomSolarize", "CenterView",
-           "eval_transform_from_config",
-           "resolve_params", "blur_kernel_size", "to_unit_float"]
+__all__ = ["PRESETS", "OVERRIDE_KEYS", "build_views", "register_preset", "views_from_config",
+           "TwoViews", "adjust_hue_turns", "ColorJitter", "RandomResizedCrop", "RandomSolarize",
+           "CenterView", "eval_transform_from_config", "resolve_params", "blur_kernel_size",
+           "to_unit_float"]

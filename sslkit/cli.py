@@ -6,7 +6,7 @@ on stderr (no traceback); 1 an internal error (with its traceback, so it can be 
 3 a process of a torchrun run stopped answering within ``run.dist_timeout_s`` or ended (one
 line); 130 interrupted (Ctrl-C), with the command that continues the run; 143 / 138 stopped
 by SIGTERM / SIGUSR1 after writing a checkpoint of the step reached (128 + the signal's
-number, see :mod:`sslkit.lifecycle`).
+number, see :mod:`sslkit.train.lifecycle`).
 
 The CLI is the top of the import graph: the only module of sslkit that reaches the evaluation
 entry (``linear_eval.main``). Both heavy imports below are made inside the commands, so that a
@@ -120,20 +120,21 @@ def _run_config(args: argparse.Namespace, overrides: list[str]
 
 def _auto_resume(given: config_mod.Config, source: str, overrides: list[str]
                  ) -> tuple[config_mod.Config, str, str]:
-    """``--auto-resume``: (the config, the file it came from, what to do: "new", "resume" or
-    "restart") for the run directory as it is on disk; torch is imported (the command line's
-    config has passed its checks)."""
-    from sslkit.resolved import resolved  # torch: after the config checks
-    from sslkit.rundir import auto_resume_mode, changed_keys  # torch (checkpoint) as well
+    """``--auto-resume``: (the resolved config, the file it came from, what to do: "new",
+    "resume" or "restart") for the run directory as it is on disk; ``given`` is the command
+    line's resolved config."""
+    from sslkit.io.rundir import auto_resume_mode, changed_keys  # torch: after the checks
+    from sslkit.methods.resolve import resolved_pair  # torch as well
 
     run_dir = Path(given.run.output_dir)
     saved_path = run_dir / "config.yaml"
-    saved = config_mod.load(saved_path, overrides) if saved_path.is_file() else None
-    mode = auto_resume_mode(run_dir, resolved(given).to_dict(),
-                            None if saved is None else resolved(saved).to_dict(), source)
+    if not saved_path.is_file():
+        return given, source, auto_resume_mode(run_dir, given.to_dict(), None, source)
+    saved, given = resolved_pair(config_mod.load(saved_path, overrides), given, str(saved_path))
+    mode = auto_resume_mode(run_dir, given.to_dict(), saved.to_dict(), source)
     if mode != "resume":
         return given, source, mode
-    notes = changed_keys(resolved(saved).to_dict(), resolved(given).to_dict())
+    notes = changed_keys(saved.to_dict(), given.to_dict())
     if notes and os.environ.get("RANK", "0") == "0":  # once under torchrun
         print(f"note: {source} differs from {saved_path} in {'; '.join(notes)}; the run "
               f"continues with its own config.yaml (--set changes a key)", flush=True)
@@ -173,16 +174,16 @@ def _pretrain(argv: Sequence[str] | None, prog: str) -> int:
     if args.overwrite:
         overrides = overrides + ["run.overwrite=true"]
     cfg, source, changes = _run_config(args, overrides)  # config errors before torch loads
-    from sslkit.engine import pretrain  # torch, kornia, faiss: seconds; after the checks
-    from sslkit.lifecycle import stop_exit_code  # torch as well
-    from sslkit.resolved import resolved  # torch as well
-    from sslkit.rundir import run_files  # torch as well (through the checkpoint module)
+    from sslkit.train.engine import pretrain  # torch, kornia, faiss: seconds; after the checks
+    from sslkit.train.lifecycle import stop_exit_code  # torch as well
+    from sslkit.methods.resolve import resolved  # torch as well
+    from sslkit.io.rundir import run_files  # torch as well (through the checkpoint module)
 
+    cfg = resolved(cfg)  # the one resolution of the run: the engine takes it as it is
     resume, overwrite, mode = bool(args.resume), args.overwrite, None
     if args.auto_resume:
         cfg, source, mode = _auto_resume(cfg, source, overrides)
         resume, overwrite = mode == "resume", mode == "restart"
-    cfg = resolved(cfg)  # once per run: the engine takes it as it is
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0

@@ -1,19 +1,32 @@
-"""Process-group helpers for torchrun + DistributedDataParallel.
+"""Process-group helpers for torchrun + DistributedDataParallel, and the signals that stop
+a run's processes.
 
 A plain single process (no launcher) is the world of size 1: every helper then works without
 initialising anything. Under ``torchrun`` the environment gives RANK / WORLD_SIZE /
 LOCAL_RANK and :func:`init_distributed` joins the group (NCCL on CUDA, gloo on CPU).
+SIGTERM and SIGUSR1 stop a run after a checkpoint (:mod:`sslkit.train.lifecycle`); loader
+workers ignore them (:func:`ignore_stop_signals`).
 """
 from __future__ import annotations
 
 import datetime
 import os
+import signal
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 from torch.distributed.nn.functional import all_gather as all_gather_autograd
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def ignore_stop_signals() -> None:
+    """In a DataLoader worker: outlive SIGTERM/SIGUSR1 sent to the whole process group (the
+    main process stops the workers itself when the run ends)."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 def is_distributed() -> bool:

@@ -1,6 +1,6 @@
 """Backbone export and reading: the online backbone alone (BatchFormer, heads, momentum
 encoder removed), from an sslkit checkpoint or from a checkpoint of the field
-(:mod:`sslkit.formats`: facebookresearch/moco v1/v2, moco-v3 ResNet/ViT, DeiT format, timm
+(:mod:`sslkit.io.layouts`: facebookresearch/moco v1/v2, moco-v3 ResNet/ViT, DeiT format, timm
 ViT, torchvision ResNet), written in the key names of the tool it goes on to.
 
 ``backbone.pt`` (``--format torchvision``, the default) is a plain state dict with
@@ -24,14 +24,14 @@ from typing import Any
 
 import torch
 
-from sslkit.checkpoint import (is_sslkit_checkpoint, load_any, load_checkpoint, load_into,
+from sslkit.io.checkpoint import (is_sslkit_checkpoint, load_any, load_checkpoint, load_into,
                                save_atomic)
 from sslkit.config import Config, build as build_config, read_yaml_file
 from sslkit.data.info import normalization
 from sslkit.errors import CheckpointError, OneLineParser, UserError, guard
-from sslkit.formats import (LAYOUTS, dump_detectron2, match_names, naming,
-                            position_embedding_note, read_foreign, timm_vit_to_torchvision,
-                            to_detectron2, torchvision_vit_to_timm)
+from sslkit.io.layouts import (LAYOUTS, dump_detectron2, match_names, naming,
+                               position_embedding_note, read_foreign, timm_vit_to_torchvision,
+                               to_detectron2, torchvision_vit_to_timm, unknown_layout)
 from sslkit.models.backbones import backbone_from_config
 
 BACKBONE_PREFIX = "backbone."
@@ -58,13 +58,18 @@ def run_dir_of(path: str | os.PathLike) -> Path:
 @dataclass(frozen=True)
 class Source:
     """A checkpoint's backbone: ``state`` (no head), ``config`` (the run's config dict, or
-    None for a file without one), ``layout`` (a key of :data:`sslkit.formats.LAYOUTS`, or
+    None for a file without one), ``layout`` (a key of :data:`sslkit.io.layouts.LAYOUTS`, or
     ``state-dict``), ``run_dir`` (the sslkit run the file belongs to, or None)."""
 
     state: "OrderedDict[str, torch.Tensor]"
     config: dict | None
     layout: str
     run_dir: Path | None
+
+
+def _is_timm_run(src: Source) -> bool:
+    """The file is a ``timm/<name>`` run's: its backbone keeps timm's names."""
+    return str(((src.config or {}).get("model") or {}).get("backbone", "")).startswith("timm/")
 
 
 def read_source(path: str | os.PathLike) -> Source:
@@ -89,8 +94,7 @@ def read_source(path: str | os.PathLike) -> Source:
             src = Source(bb.state, read_yaml_file(cfg_file), layout, cfg_file.parent)
         else:
             src = Source(bb.state, None, layout, None)
-    own_timm = str(((src.config or {}).get("model") or {}).get("backbone", "")).startswith("timm/")
-    note = None if own_timm else position_embedding_note(src.state, str(path))
+    note = None if _is_timm_run(src) else position_embedding_note(src.state, str(path))
     if note:  # a timm/<name> run's learned embedding is its own: nothing to say
         print(note, flush=True)
     return src
@@ -172,6 +176,7 @@ def convert(state: dict, fmt: str) -> Any:
     return state
 
 
+
 def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike,
                     format: str = "torchvision") -> Path:
     """Write ``out`` = the backbone of ``checkpoint`` (any file :func:`read_source` reads) in
@@ -189,7 +194,11 @@ def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike,
     if format == "detectron2" and out.suffix != ".pkl":
         raise UserError(f"detectron2 reads a pickled backbone by its .pkl extension; name the "
                         f"output e.g. {out.with_suffix('.pkl').name}")
-    obj = convert(read_source(checkpoint).state, format)
+    src = read_source(checkpoint)
+    if naming(src.state) == "other" and not _is_timm_run(src):
+        # a state dict of no model sslkit knows, and no run of a timm model says what it is
+        raise unknown_layout(str(checkpoint), src.state)
+    obj = convert(src.state, format)
     save_atomic(obj, out, keep_previous=False,
                 dump=dump_detectron2 if format == "detectron2" else None)
     return out

@@ -1,6 +1,6 @@
 """Preview the augmentation of a config: a PNG grid of N training images in three labelled
 rows (the originals, view 1, view 2), made by the very pipeline pretraining uses for that
-config (same dataset, same crops, same device augmentation; :mod:`sslkit.pipeline`).
+config (same dataset, same crops, same device augmentation; :mod:`sslkit.views.pipeline`).
 
     python -m sslkit.preview --config configs/demo.yaml --n 8 --out grid.png
 
@@ -19,10 +19,11 @@ import numpy as np
 from PIL import Image
 
 from sslkit import config as config_mod
-from sslkit.grid import augmentation_grid
+from sslkit.views.grid import augmentation_grid
 from sslkit.errors import OneLineParser, UserError, guard
-from sslkit.pipeline import build_pretrain_input
-from sslkit.runtime import configure_cpu, resolve_device, seed_everything
+from sslkit.methods.resolve import resolved
+from sslkit.views.pipeline import build_pretrain_input
+from sslkit.train.runtime import configure_cpu, resolve_device, seed_everything
 
 
 def _parser() -> OneLineParser:
@@ -52,6 +53,7 @@ def write_preview(cfg: config_mod.Config, n: int, out: Path) -> int:
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise UserError(f"cannot write {out}: '{parent}' is not a writable directory")
+    cfg = resolved(cfg)  # the preset and parameters a run of this config takes
     configure_cpu(cfg.run)
     seed_everything(cfg.run.seed)
     pipeline = build_pretrain_input(cfg, resolve_device(cfg.run), loader=False)

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from sslkit import config as config_mod
-from sslkit.grid import augmentation_grid
+from sslkit.views.grid import augmentation_grid
 from sslkit.augment import (CenterView, RandomSolarize, blur_kernel_size,
                             build_views, resolve_params, views_from_config)
 from sslkit.errors import ConfigError
+from sslkit.methods import resolved
 
 RAW = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # views in [0, 1] units
 IDENTITY_CROP = dict(crop_scale=[1.0, 1.0], crop_ratio=[1.0, 1.0])
@@ -226,7 +227,9 @@ def test_views_from_config():
     cfg = config_mod.build({"data": {"name": "fashion_mnist", "channels": 1, "image_size": 28},
                             "augment": {"flip_p": 0.0, "solarize_p": [0.0, 0.5]},
                             "method": {"name": "mocov3"}})
-    views = views_from_config(cfg)
+    with pytest.raises(ConfigError, match="resolve the config first"):
+        views_from_config(cfg)  # augment.preset: auto is the method's, known once resolved
+    views = views_from_config(resolved(cfg))
     assert views.preset == "mocov3_small" and views.channels == 1 and views.image_size == 28
     assert views.params["flip_p"] == 0.0 and views.params["solarize_p"] == (0.0, 0.5)
     assert views.mean.flatten().tolist() == pytest.approx([0.2860])

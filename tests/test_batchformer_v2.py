@@ -13,17 +13,17 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 from error_cases import VIT2
 from helpers_tiny import tiny_config
-from sslkit.checkpoint import load_state_dict_file
+from sslkit.io.checkpoint import load_state_dict_file
 from sslkit.config import build
 from sslkit.models.batchformer import default_insert_after
-from sslkit.engine import Trainer
+from sslkit.train.engine import Trainer
 from sslkit.errors import ConfigError
 from sslkit.export import backbone_state_dict
 from sslkit.methods import METHODS, build_method
 from sslkit.models.backbones import build_backbone
 from sslkit.models.batchformer import BatchFormer, BatchFormerV2
-from sslkit.optim import build_optimizer, build_scheduler, param_groups
-from sslkit.resolved import resolved
+from sslkit.train.optim import build_optimizer, build_scheduler, param_groups
+from sslkit.methods.resolve import resolved
 from test_batchformer import reference_layer
 
 B, SIZE, PATCH, DEPTH = 6, 16, 8, 4  # 4 patches + the class token: L = 5

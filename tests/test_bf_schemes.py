@@ -13,12 +13,12 @@ import torch.nn.functional as F
 
 from helpers_tiny import tiny_config
 from sslkit.config import build
-from sslkit.engine import Trainer
+from sslkit.train.engine import Trainer
 from sslkit.errors import ConfigError
 from sslkit.methods import METHODS
 from sslkit.models.backbones import build_backbone
-from sslkit.optim import build_optimizer, param_groups
-from sslkit.resolved import resolved
+from sslkit.train.optim import build_optimizer, param_groups
+from sslkit.methods.resolve import resolved
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

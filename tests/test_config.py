@@ -8,7 +8,7 @@ import yaml
 
 from sslkit import config
 from sslkit.errors import ConfigError
-from sslkit.resolved import resolved
+from sslkit.methods.resolve import resolved
 
 CONTRACT_KEYS = """run.output_dir run.seed run.device run.precision data.name data.root
 data.image_size model.backbone method.name method.temperature method.queue_size
@@ -26,6 +26,13 @@ def test_contract_keys_exist_and_enums_match_design():
                        ("lars", "optim.name"), ("adamw", "optim.name"), ("cached", "eval.mode")]:
         assert dataclasses.is_dataclass(config.build({}, [f"{key}={value}"]))
     assert cfg.train.max_steps is None and cfg.train.checkpoint_every_steps is None
+    # the names of data.name and method.name are the registries'
+    from sslkit.data import SOURCES
+    from sslkit.methods import METHODS
+
+    assert {"fashion_mnist", "cifar10", "cifar100", "stl10", "imagefolder",
+            "synthetic"} <= set(SOURCES)
+    assert {"mocov2", "mocov3"} <= set(METHODS)
 
 
 def test_config_is_frozen():
@@ -158,8 +165,10 @@ def test_rules_of_methods_and_models_on_resolve(overrides, fragments):
     (["augment.crop_scale=[0.2]"], ["augment.crop_scale", "2"]),
 ])
 def test_bad_values_name_key_value_and_allowed(overrides, fragments):
+    """Refused when the config is read, or (a name no registry holds: data.name, method.name)
+    when it is resolved, where the registries are."""
     with pytest.raises(ConfigError) as exc:
-        config.build({}, overrides)
+        resolved(config.build({}, overrides))
     msg = str(exc.value)
     assert "\n" not in msg
     for frag in fragments:

@@ -15,7 +15,7 @@ from sslkit import config as config_mod
 from sslkit import data
 from sslkit.data import (TrainSampler, build_dataset, build_loader, dataset_from_config,
                          dataset_info, stratified_subset)
-from sslkit.errors import DataError
+from sslkit.errors import ConfigError, DataError
 
 
 # --------------------------------------------------------------------------- writers
@@ -46,7 +46,7 @@ def fake_fmnist(root: Path, n_train: int = 12, n_test: int = 5, gz_train: bool =
 
 @pytest.fixture
 def no_debian(monkeypatch, tmp_path):
-    monkeypatch.setattr(data.formats, "DEBIAN_FASHION_MNIST", str(tmp_path / "no-debian"))
+    monkeypatch.setattr(data.readers, "DEBIAN_FASHION_MNIST", str(tmp_path / "no-debian"))
 
 
 def fake_cifar(root: Path, hundred: bool, n: int = 4):
@@ -439,7 +439,7 @@ def test_fashion_mnist_offline_names_all_three_ways(tmp_path, no_debian, monkeyp
     def offline(*a, **k):
         raise urllib.error.URLError("no route to host")
 
-    monkeypatch.setattr(data.formats.torchvision.datasets, "FashionMNIST", offline)
+    monkeypatch.setattr(data.readers.torchvision.datasets, "FashionMNIST", offline)
     with pytest.raises(DataError) as e:
         build_dataset("fashion_mnist", str(tmp_path), "train", download=True)
     msg = str(e.value)
@@ -454,7 +454,7 @@ def test_fashion_mnist_prefers_local_files_to_a_download(tmp_path, no_debian, mo
     def no_network(*a, **k):
         raise AssertionError("downloaded although the files are there")
 
-    monkeypatch.setattr(data.formats.torchvision.datasets, "FashionMNIST", no_network)
+    monkeypatch.setattr(data.readers.torchvision.datasets, "FashionMNIST", no_network)
     ds = build_dataset("fashion_mnist", str(tmp_path), "train", download=True)
     assert len(ds) == 12
 
@@ -490,3 +490,28 @@ def test_long_tail_split_is_seeded_balanced_test_and_composes_with_subset():
                                  "data.long_tail=10", "data.subset=0.5"])
     sub = dataset_from_config(half.data, "pretrain", seed=3)
     assert torch.bincount(sub.labels, minlength=4).tolist() == [50, 23, 10, 5]
+
+
+def test_a_registered_dataset_is_a_data_name(tmp_path):
+    """A new dataset is its loader plus the decorator that registers it with its facts:
+    build_dataset, the config's data.name and its normalisation take it at once."""
+    from sslkit.data import SOURCES, DatasetInfo, InMemoryDataset, register_dataset
+    from sslkit.methods import resolved
+
+    @register_dataset("toy_gray", DatasetInfo(3, 1, 8, (0.25,), (0.5,)))
+    def _toy(req):
+        images = torch.arange(6 * 64, dtype=torch.uint8).view(6, 1, 8, 8)
+        return InMemoryDataset(images, torch.tensor([0, 1, 2, 0, 1, 2]), 3, "toy_gray", req.split)
+
+    try:
+        ds = build_dataset("toy_gray", str(tmp_path), "train", channels=1, subset=3)
+        assert len(ds) == 3 and sorted(ds.labels.tolist()) == [0, 1, 2]
+        cfg = resolved(config_mod.build({}, ["data.name=toy_gray", "data.channels=1",
+                                         "data.image_size=8", f"run.output_dir={tmp_path}"]))
+        assert cfg.data.mean == [0.25] and cfg.data.std == [0.5]
+        with pytest.raises(ValueError, match="registered already"):
+            register_dataset("toy_gray", DatasetInfo(3, 1, 8, (0.0,), (1.0,)))(lambda r: None)
+    finally:
+        SOURCES.pop("toy_gray", None)
+    with pytest.raises(ConfigError, match="data.name=toy_gray is invalid: expected one of"):
+        build_dataset("toy_gray", str(tmp_path), "train")

@@ -14,10 +14,10 @@ from torch import nn
 from conftest import ROOT
 from helpers_tiny import tiny_overrides
 from sslkit import config
-from sslkit.checkpoint import load_checkpoint
+from sslkit.io.checkpoint import load_checkpoint
 from sslkit.losses import moco_v3_loss
 from sslkit.methods import MoCoV2, MoCoV3
-from sslkit.resolved import resolved
+from sslkit.methods.resolve import resolved
 
 N = 6  # images per rank
 

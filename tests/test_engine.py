@@ -11,10 +11,10 @@ import torchvision
 from conftest import assert_one_line_error, run_cli
 from helpers_tiny import tiny_config, tiny_overrides
 from sslkit import config
-from sslkit.checkpoint import load_checkpoint, load_state_dict_file
-from sslkit.engine import Trainer, TrainingDiverged, pretrain
+from sslkit.io.checkpoint import load_checkpoint, load_state_dict_file
+from sslkit.train.engine import Trainer, TrainingDiverged, pretrain
 from sslkit.errors import ConfigError, UserError
-from sslkit.resolved import resolved
+from sslkit.methods.resolve import resolved
 
 
 def _sets(items: list[str]) -> list[str]:
@@ -205,7 +205,7 @@ def test_nan_skip_leaves_no_trace(tmp_path, method):
 def test_sync_bn_on_cpu_processes_is_one_line(tmp_path, monkeypatch):
     """SyncBatchNorm has no CPU kernel: a torchrun CPU run with method.sync_bn=true (the
     MoCo-v3 ImageNet recipes) is refused before anything is written."""
-    monkeypatch.setattr("sslkit.engine.dist_utils.init_distributed",
+    monkeypatch.setattr("sslkit.train.engine.dist_utils.init_distributed",
                         lambda device_type, timeout_s=None: True)
     cfg = tiny_config(tmp_path / "run", method="mocov3", extra=["method.sync_bn=true"])
     with pytest.raises(ConfigError, match="method.sync_bn=true needs CUDA"):

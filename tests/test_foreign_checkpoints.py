@@ -25,7 +25,7 @@ from official_layouts import (moco_lincls_resnet, moco_v3_lincls_encoder, moco_v
 from sslkit import config as config_mod
 from sslkit.cli import lincls_main
 from sslkit.export import load_backbone, main as export_main
-from sslkit.formats import detectron2_key, naming, read_foreign
+from sslkit.io.layouts import detectron2_key, naming, read_foreign
 from sslkit.models.backbones import sincos_2d_position_embedding
 
 timm = pytest.importorskip("timm")  # in .[dev]; the optional extra .[timm] for users
@@ -251,3 +251,17 @@ def test_run_lincls_on_an_official_file_end_to_end(tmp_path):
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["moco_v2_r18.pth.tar",
                                                            "moco_v2_r18_lincls"]
+
+
+@pytest.mark.parametrize("obj", [{"state_dict": {"module.mystery.w": torch.zeros(2)}},
+                                 {"mystery.w": torch.zeros(2)}])
+def test_export_of_a_file_in_no_layout_names_the_layouts_it_reads(tmp_path, capsys, obj):
+    """A wrapped or bare state dict of no model sslkit knows (and no timm run saying what it
+    is) is not sent to --format timm: the one line names the layouts sslkit reads."""
+    src = tmp_path / "mystery.pth"
+    torch.save(obj, src)
+    out = tmp_path / "out.pt"
+    assert export_main([str(src), str(out)]) == 2 and not out.exists()
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "no checkpoint layout" in err
+    assert "facebookresearch/moco v1/v2" in err and "--format timm" not in err

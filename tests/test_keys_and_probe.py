@@ -10,11 +10,11 @@ import torch.nn.functional as F
 
 from helpers_tiny import tiny_config
 from sslkit.config import build
-from sslkit.engine import Trainer
+from sslkit.train.engine import Trainer
 from sslkit.errors import ConfigError
 from sslkit.methods import METHODS
 from sslkit.models.backbones import build_backbone
-from sslkit.resolved import resolved
+from sslkit.methods.resolve import resolved
 
 B, SIZE = 8, 16
 

@@ -1,13 +1,12 @@
 """The import graph of sslkit/ and linear_eval/: no cycle, and every arrow points down.
 
-Layers, bottom to top (see docs/architecture.md):
-  0 errors, distributed, config (schema, loading)
-  1 data, augment, models, losses, optim, checkpoint, runtime, features, knn, export, formats,
-    rundir, metrics, pipeline, online_probe, grid, lifecycle,
-    photometric
-  2 methods, resolved (the defaults and rules that methods and models own)
-  3 the engine and evaluation (linear_eval)
-  4 the CLI
+Layers, bottom to top (see docs/architecture.md), by package; the package root holds only
+the public Python API and the entry points:
+  0 foundation       errors, distributed, config/ (schema, loading)
+  1 building blocks  data/, views/, models/, io/; augment, losses, knn, export
+  2 methods          methods/ (the registry, MoCo-v2, MoCo-v3, the config a run resolves to)
+  3 entry points     train/ (the loop and its life), evaluation/, preview; linear_eval/
+  4 the CLI          cli
 A module may import its own layer or a lower one; only the CLI may reach linear_eval, and no
 module imports the CLI. Imports inside functions must say why (a comment on the line).
 """
@@ -22,15 +21,15 @@ from conftest import ROOT
 
 LAYERS = {
     "sslkit": 0, "sslkit.errors": 0, "sslkit.distributed": 0, "sslkit.config": 0,
-    "sslkit.data": 1, "sslkit.augment": 1, "sslkit.models": 1, "sslkit.losses": 1,
-    "sslkit.optim": 1, "sslkit.checkpoint": 1, "sslkit.runtime": 1, "sslkit.features": 1,
-    "sslkit.knn": 1, "sslkit.export": 1, "sslkit.formats": 1, "sslkit.rundir": 1,
-    "sslkit.metrics": 1, "sslkit.pipeline": 1, "sslkit.online_probe": 1, "sslkit.grid": 1,
-    "sslkit.lifecycle": 1, "sslkit.photometric": 1,
-    "sslkit.methods": 2, "sslkit.resolved": 2,
-    "sslkit.engine": 3, "sslkit.step": 3, "sslkit.preview": 3, "linear_eval": 3,
+    "sslkit.data": 1, "sslkit.views": 1, "sslkit.models": 1, "sslkit.io": 1,
+    "sslkit.augment": 1, "sslkit.losses": 1, "sslkit.knn": 1, "sslkit.export": 1,
+    "sslkit.methods": 2,
+    "sslkit.train": 3, "sslkit.evaluation": 3, "sslkit.preview": 3, "linear_eval": 3,
     "sslkit.cli": 4,
 }
+PACKAGES = ("config", "data", "views", "models", "io", "methods", "train", "evaluation")
+ROOT_MODULES = ("__init__", "augment", "cli", "distributed", "errors", "export", "knn",
+                "losses", "preview")
 
 
 def _modules() -> dict[str, Path]:
@@ -143,7 +142,7 @@ def test_imports_inside_functions_say_why():
 def test_the_checker_sees_violations():
     """The graph test can fail: each kind of bad arrow is reported."""
     assert "nothing may import the CLI" in _violations("sslkit.data.info", [("sslkit.cli", 1, False)])[0]
-    assert "only the CLI" in _violations("sslkit.engine", [("linear_eval.main", 1, True)])[0]
+    assert "only the CLI" in _violations("sslkit.train.engine", [("linear_eval.main", 1, True)])[0]
     assert "up the layers" in _violations("sslkit.losses", [("sslkit.methods.base", 1, False)])[0]
     assert _violations("sslkit.cli", [("linear_eval.main", 1, True)]) == []
 
@@ -165,3 +164,77 @@ def test_config_package_split_by_concern():
         assert len(MODULES[name].read_text().splitlines()) <= 400, name
         assert not [t for t, _, _ in GRAPH[name] if not t.startswith(("sslkit.config",
                                                                        "sslkit.errors"))]
+
+
+def test_the_root_holds_the_public_api_and_packages_by_concern():
+    """sslkit/ itself: the public modules and entry points only (at most ten); everything else
+    in the packages named in LAYERS, one layer each."""
+    root = ROOT / "sslkit"
+    modules = sorted(p.stem for p in root.glob("*.py"))
+    assert modules == sorted(ROOT_MODULES) and len(modules) <= 10, modules
+    packages = sorted(p.name for p in root.iterdir()
+                      if p.is_dir() and (p / "__init__.py").exists())
+    assert packages == sorted(PACKAGES), packages
+    assert all(f"sslkit.{p}" in LAYERS for p in PACKAGES)
+    # a package has one layer: no module inside it overrides its package's entry
+    assert not [k for k in LAYERS if k.count(".") > 1 and k.split(".")[1] in PACKAGES]
+
+
+def test_no_two_modules_share_a_name():
+    names = [p.stem for p in (ROOT / "sslkit").rglob("*.py") if p.stem != "__init__"]
+    assert sorted(set(n for n in names if names.count(n) > 1)) == []
+
+
+def _unused_imports(path: Path) -> list[str]:
+    """Names a module imports at its top level and never uses (``__init__`` re-exports and
+    ``__all__`` entries excepted); names in string annotations count as used."""
+    tree = ast.parse(path.read_text())
+    imported: dict[str, int] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                imported[(a.asname or a.name).split(".")[0]] = node.lineno
+        elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            for a in node.names:
+                imported[a.asname or a.name] = node.lineno
+    used: set[str] = set()
+
+    def names_in(expr: ast.AST) -> None:
+        for n in ast.walk(expr):
+            if isinstance(n, ast.Name):
+                used.add(n.id)
+            elif isinstance(n, ast.Constant) and isinstance(n.value, str):
+                try:  # a quoted annotation
+                    names_in(ast.parse(n.value, mode="eval"))
+                except SyntaxError:
+                    pass
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            used.add(node.id)
+        for ann in (getattr(node, "annotation", None), getattr(node, "returns", None)):
+            if ann is not None:
+                names_in(ann)
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__"
+                                                for t in node.targets):
+            used.update(e.value for e in ast.walk(node.value) if isinstance(e, ast.Constant))
+    return [f"{path.relative_to(ROOT)}:{line} {name}" for name, line in imported.items()
+            if name not in used]
+
+
+def test_no_unused_imports():
+    """In the package, the evaluation entry, the scripts, the benchmarks and the tests."""
+    files = [p for p in MODULES.values() if p.name != "__init__.py"]
+    files += [p for d in ("bench", "scripts", "tests", ".") for p in sorted((ROOT / d).glob("*.py"))
+              if not p.name.startswith("_unused")]
+    assert [u for p in files for u in _unused_imports(p)] == []
+
+
+def test_the_unused_import_checker_can_fail(tmp_path):
+    bad = ROOT / "tests" / "_unused_probe.py"
+    try:
+        bad.write_text("import os\nfrom typing import Any, Optional\n\n"
+                       "def f(x: 'Optional[int]') -> None:\n    return None\n")
+        assert [u.split()[-1] for u in _unused_imports(bad)] == ["os", "Any"]
+    finally:
+        bad.unlink()

@@ -23,8 +23,8 @@ import torch
 from conftest import ROOT
 from helpers_tiny import tiny_overrides
 from sslkit import distributed as dist_utils
-from sslkit import lifecycle
-from sslkit.checkpoint import load_checkpoint
+from sslkit.train import lifecycle
+from sslkit.io.checkpoint import load_checkpoint
 from sslkit.errors import ProcessGroupError, UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

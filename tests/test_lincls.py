@@ -18,7 +18,7 @@ from linear_eval.standard import (BackboneChangedError, check_unchanged, init_li
 from linear_eval.transforms import ProbeTrainTransform
 from sslkit import config
 from sslkit.augment import CenterView
-from sslkit.features import extract_features
+from sslkit.evaluation.features import extract_features
 
 
 def eval_cfg(**kw) -> config.EvalConfig:

@@ -14,10 +14,11 @@ from torch import nn
 from sslkit.config import build
 from sslkit.errors import ConfigError
 from sslkit.losses import moco_v2_loss, moco_v3_loss
-from sslkit.methods import METHODS, MoCoV2, MoCoV3, build_method, cosine_momentum
+from sslkit.methods import METHODS, MoCoV2, MoCoV3, build_method
+from sslkit.train.optim import cosine_momentum
 from sslkit.models.backbones import build_backbone
 from sslkit.models.heads import build_mlp
-from sslkit.resolved import resolved
+from sslkit.methods.resolve import resolved
 
 B, SIZE = 8, 16
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from sslkit import config
-from sslkit.optim import LARS, build_optimizer, build_scheduler, lr_factor, param_groups, scaled_lr
+from sslkit.train.optim import LARS, build_optimizer, build_scheduler, lr_factor, param_groups, scaled_lr
 
 
 def _optim(**kw) -> config.OptimConfig:

@@ -1,4 +1,4 @@
-"""The photometric part of the views applied in the loader (sslkit.photometric), for a CPU
+"""The photometric part of the views applied in the loader (sslkit.views.photometric), for a CPU
 training device: the same ops as the device chain (forced parameters), the same parameter
 distributions, per-image seeding, and the pipeline's choice of path."""
 from __future__ import annotations
@@ -12,11 +12,12 @@ import torch
 from sslkit import config
 from sslkit.augment import ColorJitter, RandomSolarize, build_views, to_unit_float
 from sslkit.data import TrainSampler, build_dataset, build_loader
+from sslkit.methods import resolved
 from sslkit.data.crops import CropSpec, SeededSampler, TwoCropDataset, decode_two_views
-from sslkit.photometric import (PhotometricSpec, ViewDraw, WorkerPhotometric, apply_view,
+from sslkit.views.photometric import (ViewDraw, WorkerPhotometric, apply_view,
                                 apply_view_uint8, draw_photometric, gaussian_blur,
                                 gaussian_kernel)
-from sslkit.pipeline import build_pretrain_input, photometric_in_loader
+from sslkit.views.pipeline import build_pretrain_input, photometric_in_loader
 from test_crops import jpeg_folder
 
 RAW = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
@@ -245,11 +246,11 @@ def test_loader_views_seeded_per_image_whatever_the_workers(tmp_path):
 
 def _cfg(tmp_path, extra=()):
     root = jpeg_folder(tmp_path / "data")
-    return config.load(None, ["data.name=imagefolder", f"data.root={root}",
+    return resolved(config.load(None, ["data.name=imagefolder", f"data.root={root}",
                               "data.image_size=32", "data.num_workers=0", "train.batch_size=4",
                               "augment.preset=mocov3", "method.bn_splits=2",
                               f"run.output_dir={tmp_path / 'run'}",
-                              *extra])
+                              *extra]))
 
 
 def test_pipeline_chooses_the_path_from_the_device(tmp_path):
@@ -258,7 +259,8 @@ def test_pipeline_chooses_the_path_from_the_device(tmp_path):
     assert photometric_in_loader(cfg, cpu) and not photometric_in_loader(cfg, cuda)
     assert not photometric_in_loader(_cfg(tmp_path, ["data.crop_from=square"]), cpu)
     assert not photometric_in_loader(_cfg(tmp_path, ["data.decode_device=cuda"]), cpu)
-    synthetic = config.load(None, ["data.name=synthetic", f"run.output_dir={tmp_path / 's'}"])
+    synthetic = resolved(config.load(None, ["data.name=synthetic",
+                                            f"run.output_dir={tmp_path / 's'}"]))
     assert not photometric_in_loader(synthetic, cpu)
     assert build_pretrain_input(synthetic, cpu, loader=False).photometric is None
 

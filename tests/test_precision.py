@@ -6,14 +6,13 @@ from __future__ import annotations
 import math
 import platform
 import re
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
 from conftest import ROOT, run_cli
-from sslkit import runtime
+from sslkit.train import runtime
 from sslkit.config import RunConfig
 from sslkit.errors import ConfigError
 

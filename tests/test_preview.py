@@ -11,8 +11,9 @@ from PIL import Image
 from conftest import assert_one_line_error, run_cli
 from helpers_tiny import tiny_overrides
 from sslkit import config
-from sslkit.engine import pretrain
-from sslkit.pipeline import build_pretrain_input
+from sslkit.methods import resolved
+from sslkit.train.engine import pretrain
+from sslkit.views.pipeline import build_pretrain_input
 from test_crops import jpeg_folder, photo
 from conftest import ROOT
 
@@ -42,7 +43,7 @@ def test_preview_rows_and_boxes(tmp_path):
     """The preview's views are the pipeline's; the originals row holds the whole image (its
     borders included) with both crop boxes drawn on it."""
     root = jpeg_folder(tmp_path / "data")
-    cfg = config.load(None, folder_overrides(root, tmp_path / "run"))
+    cfg = resolved(config.load(None, folder_overrides(root, tmp_path / "run")))
     pipe = build_pretrain_input(cfg, torch.device("cpu"))
     torch.manual_seed(0)
     originals, v1, v2 = pipe.preview([0, 1], seed=5)

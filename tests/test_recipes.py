@@ -84,7 +84,7 @@ def test_a_changed_deliberate_value_is_flagged():
 
 
 def test_the_lr_schedule_granularity_is_read_from_sslkit():
-    """The 'per step' of the schedule row comes from sslkit.optim.lr_factor."""
+    """The 'per step' of the schedule row comes from sslkit.train.optim.lr_factor."""
     cfg = config.load(recipes.config_path("imagenet_mocov3_r50_100ep"))
     assert recipes._schedule(recipes.Resolved(cfg)) == ("cosine", "step", 0.0)
     cfg = config.load(recipes.config_path("imagenet_mocov3_r50_100ep"),

@@ -16,7 +16,7 @@ import torch
 from conftest import ROOT, assert_one_line_error, run_cli
 from helpers_tiny import tiny_config, tiny_overrides
 from sslkit import config
-from sslkit.checkpoint import PREV_NAME, load_checkpoint, save_atomic
+from sslkit.io.checkpoint import PREV_NAME, load_checkpoint, save_atomic
 from sslkit.errors import CheckpointError
 
 EXTRA = ["train.checkpoint_every_steps=1", "eval.knn_every=0", "run.tensorboard=false",
@@ -92,7 +92,7 @@ def test_unreadable_last_falls_back_to_prev(tmp_path):
     assert subprocess.run(_cmd(ref), capture_output=True, timeout=600).returncode == 0
     out = tmp_path / "run"
     from helpers_tiny import tiny_config
-    from sslkit.engine import pretrain
+    from sslkit.train.engine import pretrain
     cfg = tiny_config(out, bf=True, epochs=3, extra=EXTRA)
     pretrain(cfg, stop_after_steps=10)
     last = out / "checkpoints" / "last.pt"
@@ -130,7 +130,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_full_disk_during_training_stops_with_one_line(tmp_path, monkeypatch, capsys):
     """Through the engine: the run stops with one error line and the old checkpoint stays."""
-    from sslkit import checkpoint
+    from sslkit.io import checkpoint
     from sslkit.cli import pretrain_main
 
     out = tmp_path / "run"

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from sslkit.models.splitbn import SplitBatchNorm1d, SplitBatchNorm2d, convert_split_bn
-from sslkit.resolved import resolved
+from sslkit.methods.resolve import resolved
 
 
 def _reference(x: torch.Tensor, weight, bias, splits: int, eps: float) -> torch.Tensor:

@@ -8,12 +8,12 @@ from torch import nn
 
 from helpers_tiny import tiny_overrides
 from sslkit import config as config_mod
-from sslkit.checkpoint import load_checkpoint
+from sslkit.io.checkpoint import load_checkpoint
 from sslkit.cli import pretrain_main
 from sslkit.export import load_backbone, main as export_main
 from sslkit.methods import build_method
 from sslkit.models.backbones import build_backbone, feature_dim, is_vit
-from sslkit.resolved import resolved
+from sslkit.methods.resolve import resolved
 
 timm = pytest.importorskip("timm")  # in .[dev]; the optional extra .[timm] for users
 pytestmark = pytest.mark.usefixtures("one_thread")

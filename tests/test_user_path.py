@@ -16,7 +16,7 @@ import yaml
 
 from conftest import ROOT, assert_one_line_error, run_cli
 from helpers_tiny import tiny_config, tiny_overrides
-from sslkit.engine import pretrain
+from sslkit.train.engine import pretrain
 
 
 def _sets(items):
@@ -136,7 +136,7 @@ def test_load_backbone_of_any_width(tmp_path):
     backbone.pt strictly and returns the normalisation: the trained backbone's outputs."""
     import torch
 
-    from sslkit.engine import Trainer
+    from sslkit.train.engine import Trainer
     from sslkit.export import load_backbone
 
     out = tmp_path / "run"

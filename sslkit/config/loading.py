@@ -17,8 +17,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from sslkit.config.schema import (BUILTIN_BACKBONES, SECTIONS, TIMM_PREFIX, Config, _field,
-                                  _is_str_key, all_keys)
+from sslkit.config.rules import show as _show, validate
+from sslkit.config.schema import SECTIONS, Config, _field, _is_str_key, all_keys
 from sslkit.errors import ConfigError
 
 DEMO_CONFIG = "configs/demo.yaml"
@@ -122,12 +122,6 @@ def _check_bounds(key: str, value: Any, meta: dict) -> None:
                                   f"{bound:g}")
 
 
-def _show(v: Any) -> str:
-    s = yaml.safe_dump(v, default_flow_style=True).strip()
-    s = s[:-4].strip() if s.endswith("\n...") or s.endswith("...") else s
-    return s if len(s) <= 60 else s[:57] + "..."
-
-
 def _set_value(tree: dict, key: str, value: Any) -> None:
     section, _, name = key.partition(".")
     if section not in SECTIONS or not name or "." in name:
@@ -228,7 +222,7 @@ def _flatten(data: dict, source: str) -> list[tuple[str, Any]]:
 def build(data: dict | None = None, overrides: list[str] | None = None,
           source: str = "config") -> Config:
     """Build a validated Config from a nested dict plus ``key=value`` overrides. Keys left
-    null stay null: :func:`sslkit.resolved.resolved` fills them."""
+    null stay null: :func:`sslkit.methods.resolve.resolved` fills them."""
     tree: dict[str, dict] = {}
     for key, value in _flatten(data or {}, source):
         _set_value(tree, key, value)
@@ -258,67 +252,3 @@ def demo_config_path() -> str:
         return DEMO_CONFIG
     here = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), DEMO_CONFIG)
     return here if os.path.isfile(here) else DEMO_CONFIG
-
-
-def validate(cfg: Config) -> None:
-    """Checks that involve more than one key of the config alone. Rules that need the method's
-    or the model's facts (MoCo-v2's queue multiple, BatchFormerV2's insertion points) are
-    checked where those facts live, when the config is resolved (:mod:`sslkit.resolved`)."""
-    bb = cfg.model.backbone
-    if bb not in BUILTIN_BACKBONES and not (bb.startswith(TIMM_PREFIX) and bb[len(TIMM_PREFIX):]):
-        names = ", ".join(repr(n) for n in BUILTIN_BACKBONES)
-        raise ConfigError(f"model.backbone={_show(bb)} is invalid: expected one of {names}, "
-                          f"or '{TIMM_PREFIX}<name>' for a timm model")
-    bf = cfg.batchformer
-    if bf.keys == "both" and not bf.enabled:
-        raise ConfigError("batchformer.keys=both passes the keys through the BatchFormer; set "
-                          "batchformer.enabled=true, or batchformer.keys=plain")
-    # The scheme keys act on the BatchFormer's streams only: set without it, they would be
-    # silently ignored, so a config that asks for them is refused (as keys=both above).
-    scheme = [f"batchformer.{k}={_show(getattr(bf, k))}" for k, off in
-              (("frozen", False), ("loss_reduction", "mean"), ("head_bn", "joint"))
-              if getattr(bf, k) != off]
-    if scheme and not bf.enabled:
-        them = "them" if len(scheme) > 1 else "it"
-        raise ConfigError(f"{', '.join(scheme)} set{'' if len(scheme) > 1 else 's'} how the "
-                          f"BatchFormer's streams train, but the BatchFormer is off; set "
-                          f"batchformer.enabled=true, or put {them} back to the defaults "
-                          f"(frozen=false, loss_reduction=mean, head_bn=joint)")
-    if cfg.data.mean is not None and len(cfg.data.mean) not in (1, cfg.data.channels):
-        raise ConfigError(f"data.mean has {len(cfg.data.mean)} values; data.channels="
-                          f"{cfg.data.channels} needs {cfg.data.channels}")
-    if cfg.data.std is not None and len(cfg.data.std) not in (1, cfg.data.channels):
-        raise ConfigError(f"data.std has {len(cfg.data.std)} values; data.channels="
-                          f"{cfg.data.channels} needs {cfg.data.channels}")
-    if cfg.data.decode_device == "cuda" and (cfg.data.name != "imagefolder"
-                                             or cfg.data.crop_from != "original"):
-        raise ConfigError(f"data.decode_device=cuda decodes ImageFolder JPEGs for crops of the "
-                          f"original image; it needs data.name=imagefolder and "
-                          f"data.crop_from=original (got {cfg.data.name}, "
-                          f"{cfg.data.crop_from}); or set data.decode_device=cpu")
-    if cfg.eval.shot_groups[0] < cfg.eval.shot_groups[1]:
-        raise ConfigError(f"eval.shot_groups={_show(cfg.eval.shot_groups)} is invalid: give "
-                          f"[many-shot above, few-shot below] with the first >= the second")
-    if isinstance(cfg.data.subset, float) and cfg.data.subset > 1:
-        raise ConfigError(f"data.subset={cfg.data.subset} is invalid: a fraction must be in "
-                          f"(0, 1], a count must be an integer")
-    for key in ("blur_p", "solarize_p"):
-        v = getattr(cfg.augment, key)
-        if isinstance(v, list) and len(v) != 2:
-            raise ConfigError(f"augment.{key}={_show(v)} is invalid: give one probability or "
-                              f"a list of 2 (view 1, view 2)")
-    for key in ("crop_scale", "blur_sigma"):
-        v = getattr(cfg.augment, key)
-        if v is not None and v[0] > v[1]:
-            raise ConfigError(f"augment.{key}={_show(v)} is invalid: the minimum exceeds the "
-                              f"maximum")
-    if cfg.optim.warmup_epochs >= cfg.train.epochs and cfg.optim.warmup_epochs > 0:
-        raise ConfigError(f"optim.warmup_epochs={cfg.optim.warmup_epochs:g} must be less than "
-                          f"train.epochs={cfg.train.epochs}")
-    if cfg.eval.milestones != sorted(cfg.eval.milestones):
-        raise ConfigError(f"eval.milestones={_show(cfg.eval.milestones)} must be increasing")
-    if not cfg.eval.lr_grid or not cfg.eval.wd_grid or not cfg.eval.knn_ks or not cfg.eval.knn_ts:
-        raise ConfigError("eval.lr_grid, eval.wd_grid, eval.knn_ks and eval.knn_ts must not "
-                          "be empty")
-    if not cfg.run.output_dir.strip():
-        raise ConfigError("run.output_dir is empty; give a directory, e.g. runs/my_run")

@@ -2,7 +2,7 @@
 
 Every key has a default; numeric bounds and the help text live in the field's metadata
 (checked by :mod:`sslkit.config.loading`). Keys left ``null`` for "the default" are filled by
-:func:`sslkit.resolved.resolved` from the code that owns each fact (the method's paper
+:func:`sslkit.methods.resolve.resolved` from the code that owns each fact (the method's paper
 defaults, the backbone's depth and feature width, the augmentation preset, the dataset's
 statistics). A :class:`Config` is built once and passed down as typed sub-configs, never
 mutated.
@@ -52,8 +52,8 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: Literal["fashion_mnist", "cifar10", "cifar100", "stl10", "imagefolder",
-                  "synthetic"] = _f("fashion_mnist")
+    name: str = _f("fashion_mnist", help="a registered dataset (sslkit.data.register_dataset): "
+                   "fashion_mnist, cifar10, cifar100, stl10, imagefolder, synthetic")
     root: str = _f("data")
     image_size: int = _f(32, ge=8, help="side of the augmented views")
     load_size: Optional[int] = _f(None, ge=8, help="imagefolder: side the shorter edge is "
@@ -88,7 +88,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class AugmentConfig:
     """null means "the preset's value"; a 2-list for blur_p/solarize_p gives (view1, view2)."""
-    preset: Literal["auto", "mocov2", "mocov3", "mocov2_small", "mocov3_small"] = _f("auto")
+    preset: str = _f("auto", help="auto (the method's preset, its _small variant up to 64 px) "
+                     "or one of sslkit.augment.PRESETS: mocov2, mocov3, mocov2_small, "
+                     "mocov3_small")
     crop_scale: Optional[list[float]] = _f(None, gt=0, le=1, length=2)
     crop_ratio: Optional[list[float]] = _f(None, gt=0, length=2)
     flip_p: Optional[float] = _f(None, ge=0, le=1)
@@ -126,8 +128,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """null values are resolved to the method's paper defaults (:func:`sslkit.resolved.resolved`)."""
-    name: Literal["mocov2", "mocov3"] = _f("mocov2")
+    """null values are resolved to the method's paper defaults
+    (:func:`sslkit.methods.resolve.resolved`)."""
+    name: str = _f("mocov2", help="a registered method (sslkit.methods.register): mocov2, "
+                   "mocov3")
     temperature: Optional[float] = _f(None, gt=0)
     queue_size: Optional[int] = _f(None, ge=1, help="MoCo-v2 queue length K")
     momentum: Optional[float] = _f(None, ge=0, le=1, help="EMA momentum (start value)")

@@ -17,24 +17,27 @@ as PIL's ``convert("L")``), rounded to uint8.
 Missing or unreadable data raises :class:`~sslkit.errors.DataError` with a one-line message
 naming the dataset, the paths tried and how to get the data.
 
-Modules: :mod:`~sslkit.data.info` (dataset facts, normalisation, channel rules),
-:mod:`~sslkit.data.formats` (idx / CIFAR / STL-10 files), :mod:`~sslkit.data.synthetic`,
-:mod:`~sslkit.data.imagefolder`, :mod:`~sslkit.data.datasets` (the name -> loader registry,
-subsets) and :mod:`~sslkit.data.loaders` (samplers and batch loaders).
+Modules: :mod:`~sslkit.data.info` (the registry of the sources and their facts:
+``@register_dataset``, normalisation, channel rules), :mod:`~sslkit.data.readers` (idx /
+CIFAR / STL-10 files), :mod:`~sslkit.data.synthetic`, :mod:`~sslkit.data.imagefolder`,
+:mod:`~sslkit.data.datasets` (the built-in sources, subsets), :mod:`~sslkit.data.crops`
+(two random-resized crops of a whole decoded image) and :mod:`~sslkit.data.loaders`
+(samplers and batch loaders).
 """
-from sslkit.data.datasets import (LOADERS, SPLITS, InMemoryDataset, Request, build_dataset,
+from sslkit.data.datasets import (SPLITS, InMemoryDataset, Request, build_dataset,
                                   dataset_from_config, stratified_subset)
-from sslkit.data.formats import DEBIAN_FASHION_MNIST, read_idx
+from sslkit.data.readers import DEBIAN_FASHION_MNIST, read_idx
 from sslkit.data.imagefolder import IMG_EXTENSIONS, ImageFolderDataset
-from sslkit.data.info import (IMAGENET_MEAN, IMAGENET_STD, LUMA, DatasetInfo, dataset_info,
-                              normalization, resize_side, to_channels)
+from sslkit.data.info import (IMAGENET_MEAN, IMAGENET_STD, LUMA, SOURCES, DatasetInfo,
+                              dataset_info, normalization, register_dataset, resize_side,
+                              source, to_channels)
 from sslkit.data.loaders import (TensorBatchLoader, TrainSampler, WorkerLoader, build_loader,
                                  tensor_pair)
 from sslkit.data.synthetic import synthetic_images
 
-__all__ = ["LOADERS", "SPLITS", "InMemoryDataset", "Request", "build_dataset",
-           "dataset_from_config", "stratified_subset", "DEBIAN_FASHION_MNIST", "read_idx",
-           "IMG_EXTENSIONS", "ImageFolderDataset", "IMAGENET_MEAN", "IMAGENET_STD", "LUMA",
-           "DatasetInfo", "dataset_info", "normalization", "resize_side", "to_channels",
-           "TensorBatchLoader", "TrainSampler", "WorkerLoader", "build_loader", "tensor_pair",
-           "synthetic_images"]
+__all__ = ["SOURCES", "SPLITS", "DEBIAN_FASHION_MNIST", "IMAGENET_MEAN", "IMAGENET_STD",
+           "IMG_EXTENSIONS", "LUMA", "DatasetInfo", "ImageFolderDataset", "InMemoryDataset",
+           "Request", "TensorBatchLoader", "TrainSampler", "WorkerLoader", "build_dataset",
+           "build_loader", "dataset_from_config", "dataset_info", "normalization", "read_idx",
+           "register_dataset", "resize_side", "source", "stratified_subset",
+           "synthetic_images", "tensor_pair", "to_channels"]

@@ -22,7 +22,7 @@ each image is decoded ONCE per step and both views are cut from it:
 The photometric part (colour jitter, grayscale, blur, solarize, normalise) then runs batched
 on the training device (:class:`sslkit.augment.TwoViews`); on a CPU training device the
 loader applies it too, per view, through the ``photometric`` callable that
-:class:`TwoCropDataset` is given (:class:`sslkit.photometric.WorkerPhotometric`), and the
+:class:`TwoCropDataset` is given (:class:`sslkit.views.photometric.WorkerPhotometric`), and the
 device only normalises. The flip commutes with all of those, so flipping in the loader keeps
 the recipe's distribution.
 """

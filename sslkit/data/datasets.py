@@ -1,23 +1,25 @@
-"""The dataset registry: a name -> loader dict, :func:`build_dataset` and
-:func:`dataset_from_config`, plus the in-memory dataset and the seeded subset.
+"""The built-in datasets (each loader registered with its facts, :mod:`sslkit.data.info`),
+:func:`build_dataset` and :func:`dataset_from_config`, plus the in-memory dataset, the
+seeded subset and the long-tailed profile.
 
 A loader takes a :class:`Request` and returns the whole split as a Dataset of
 ``(uint8 (C, H, W), int label)`` with ``num_classes`` and ``labels`` (N,) int64;
-:func:`build_dataset` then applies ``subset``.
+:func:`build_dataset` then applies ``long_tail`` and ``subset``.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch.utils.data import Dataset
 
-from sslkit.data.formats import (FASHION_MNIST_CLASSES, load_cifar, load_fashion_mnist,
+from sslkit.data.readers import (FASHION_MNIST_CLASSES, load_cifar, load_fashion_mnist,
                                  load_stl10, stl10_classes)
 from sslkit.data.imagefolder import ImageFolderDataset, list_imagefolder
-from sslkit.data.info import dataset_info, resize_side, to_channels
+from sslkit.data.info import (IMAGENET_MEAN, IMAGENET_STD, DatasetInfo, register_dataset,
+                              resize_side, source, to_channels)
 from sslkit.data.synthetic import synthetic_images
 from sslkit.errors import ConfigError, DataError
 
@@ -78,20 +80,32 @@ def _in_memory(req: Request, images: torch.Tensor, labels: torch.Tensor,
                            req.split, classes)
 
 
+# Fashion-MNIST train split statistics.
+@register_dataset("fashion_mnist", DatasetInfo(10, 1, 28, (0.2860,), (0.3530,)))
 def _fashion_mnist(req: Request) -> Dataset:
     return _in_memory(req, *load_fashion_mnist(req.root, req.split, req.download),
                       FASHION_MNIST_CLASSES)
 
 
+# CIFAR train split, per-pixel std (not the often-copied 0.2023/0.1994/0.2010).
+@register_dataset("cifar100", DatasetInfo(100, 3, 32, (0.5071, 0.4865, 0.4409),
+                                          (0.2673, 0.2564, 0.2762)))
+@register_dataset("cifar10", DatasetInfo(10, 3, 32, (0.4914, 0.4822, 0.4465),
+                                         (0.2470, 0.2435, 0.2616)))
 def _cifar(req: Request) -> Dataset:
     return _in_memory(req, *load_cifar(req.name, req.root, req.split, req.download))
 
 
+@register_dataset("stl10", DatasetInfo(10, 3, 96, (0.4467, 0.4398, 0.4066),
+                                       (0.2603, 0.2566, 0.2713)))
 def _stl10(req: Request) -> Dataset:
     return _in_memory(req, *load_stl10(req.root, req.split, req.download),
                       stl10_classes(req.root))
 
 
+# Statistics measured on the generated train split (2000 images, 32 px).
+@register_dataset("synthetic", DatasetInfo(10, 3, None, (0.465, 0.478, 0.473),
+                                           (0.199, 0.190, 0.189)))
 def _synthetic(req: Request) -> Dataset:
     # fixed seeds per split, independent of the run seed
     n = req.synthetic_test if req.split == "test" else req.synthetic_train
@@ -100,21 +114,13 @@ def _synthetic(req: Request) -> Dataset:
     return _in_memory(req, images, labels, [f"class {c}" for c in range(req.synthetic_classes)])
 
 
+@register_dataset("imagefolder", DatasetInfo(None, 3, None, IMAGENET_MEAN, IMAGENET_STD,
+                                             yields="files"))
 def _imagefolder(req: Request) -> Dataset:
     load_size = req.load_size if req.load_size is not None else resize_side(req.image_size or 224)
     samples, classes = list_imagefolder(req.root, req.split, req.class_list)
     return ImageFolderDataset(samples, classes, load_size, req.channels, req.skip_corrupt,
                               req.split)
-
-
-LOADERS: dict[str, Callable[[Request], Dataset]] = {
-    "fashion_mnist": _fashion_mnist,
-    "cifar10": _cifar,
-    "cifar100": _cifar,
-    "stl10": _stl10,
-    "imagefolder": _imagefolder,
-    "synthetic": _synthetic,
-}
 
 
 def stratified_subset(labels: torch.Tensor, subset: Union[int, float], seed: int = 0) -> torch.Tensor:
@@ -196,7 +202,7 @@ def build_dataset(name: str, root: str, split: str, *, channels: int = 3, downlo
     long-tailed profile of :func:`long_tail_indices`; then ``subset`` keeps a stratified
     seeded part (count or fraction) of the split.
     """
-    dataset_info(name)
+    src = source(name)
     if split not in SPLITS:
         raise ConfigError(f"unknown split '{split}'; valid: {', '.join(SPLITS)}")
     if channels not in (1, 3):
@@ -204,7 +210,7 @@ def build_dataset(name: str, root: str, split: str, *, channels: int = 3, downlo
     req = Request(name, os.path.expanduser(str(root)), split, channels, download, load_size,
                   image_size, class_list, skip_corrupt, synthetic_classes, synthetic_train,
                   synthetic_test)
-    ds = LOADERS[name](req)
+    ds = src.load(req)
     if long_tail is not None:
         if float(long_tail) < 1:
             raise ConfigError(f"data.long_tail={long_tail} is invalid: an imbalance ratio is "

@@ -1,5 +1,13 @@
-"""Facts about each dataset (classes, channels, native size, normalisation) and the channel
-and size rules every part of sslkit shares.
+"""The data sources: the registry (``@register_dataset``) of each dataset's loader with its
+facts (classes, channels, native size, normalisation, what it yields), and the channel and
+size rules every part of sslkit shares.
+
+A source yields either fixed-size ``uint8`` tensors (``yields="tensors"``: Fashion-MNIST,
+CIFAR, STL-10, synthetic; every random op of the views runs batched on the device) or images
+of their own sizes decoded per sample from files (``yields="files"``: an image folder; the
+loader cuts the random-resized crops from the whole decoded image, evaluation resizes to
+``data.load_size`` and takes the centre crop). The input path of a run is chosen by this,
+never by the dataset's name.
 
 Normalisation statistics are per native channel in [0, 1] units. ``LUMA`` is the ITU-R BT.601
 grey mix (PIL's ``convert("L")``, torchvision's ``rgb_to_grayscale``), used to read RGB data as
@@ -8,7 +16,7 @@ one channel, to adapt RGB statistics to it, and by the grayscale augmentation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import torch
 
@@ -40,27 +48,48 @@ class DatasetInfo:
     native_size: Optional[int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    yields: Literal["tensors", "files"] = "tensors"
+
+    @property
+    def files(self) -> bool:
+        """Images of their own sizes, decoded per sample (crops of the original image)."""
+        return self.yields == "files"
 
 
-_INFO: dict[str, DatasetInfo] = {
-    # Fashion-MNIST train split statistics.
-    "fashion_mnist": DatasetInfo(10, 1, 28, (0.2860,), (0.3530,)),
-    # CIFAR train split, per-pixel std (not the often-copied 0.2023/0.1994/0.2010).
-    "cifar10": DatasetInfo(10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": DatasetInfo(100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "stl10": DatasetInfo(10, 3, 96, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
-    "imagefolder": DatasetInfo(None, 3, None, IMAGENET_MEAN, IMAGENET_STD),
-    # Measured on the generated train split (2000 images, 32 px).
-    "synthetic": DatasetInfo(10, 3, None, (0.465, 0.478, 0.473), (0.199, 0.190, 0.189)),
-}
+@dataclass(frozen=True)
+class Source:
+    """A registered dataset: its loader (a :class:`sslkit.data.datasets.Request` -> the whole
+    split as a Dataset of ``(uint8 (C, H, W), int label)``) and its facts."""
+
+    name: str
+    load: Callable[[Any], Any]
+    info: DatasetInfo
+
+
+SOURCES: dict[str, Source] = {}
+
+
+def register_dataset(name: str, info: DatasetInfo) -> Callable[[Callable], Callable]:
+    """Decorator of a loader: ``data.name: <name>`` reads the dataset with it."""
+    def add(load: Callable) -> Callable:
+        if name in SOURCES and SOURCES[name].load is not load:
+            raise ValueError(f"dataset name '{name}' is registered already")
+        SOURCES[name] = Source(name, load, info)
+        return load
+    return add
+
+
+def source(name: str) -> Source:
+    """The source registered as ``name``; an unknown name is a one-line ConfigError."""
+    if name not in SOURCES:
+        raise ConfigError(f"data.name={name} is invalid: expected one of "
+                          f"{', '.join(repr(n) for n in SOURCES)}")
+    return SOURCES[name]
 
 
 def dataset_info(name: str) -> DatasetInfo:
     """The :class:`DatasetInfo` of ``name``; an unknown name is a ConfigError."""
-    try:
-        return _INFO[name]
-    except KeyError:
-        raise ConfigError(f"unknown dataset '{name}'; valid: {', '.join(_INFO)}") from None
+    return source(name).info
 
 
 def normalization(name: str, channels: int, mean: Optional[Sequence[float]] = None,

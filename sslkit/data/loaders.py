@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sslkit.data.datasets import InMemoryDataset
 from sslkit.errors import ConfigError, DataError
-from sslkit.lifecycle import ignore_stop_signals
+from sslkit.distributed import ignore_stop_signals
 
 log = logging.getLogger("sslkit.data")
 
@@ -180,7 +180,7 @@ class _GuardedCollate:
 
 def _seed_worker(worker_id: int) -> None:
     # torchrun and SLURM signal the whole process group; the main process saves the run and
-    # then ends its workers itself (sslkit.lifecycle)
+    # then ends its workers itself (sslkit.train.lifecycle)
     ignore_stop_signals()
     seed = torch.initial_seed() % 2 ** 32  # torch seeds each worker from the loader generator
     np.random.seed(seed)

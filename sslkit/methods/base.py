@@ -25,7 +25,7 @@ BatchFormer: Hou, Yu & Tao, CVPR 2022 (github.com/zhihou7/BatchFormer); BatchFor
 
 The BatchFormer's parameters live here (``batchformer.*``), never in the backbone, and a
 trained BatchFormer forms its own optimizer group (``batchformer.lr_scale``,
-``batchformer.weight_decay``; see :func:`sslkit.optim.param_groups`).
+``batchformer.weight_decay``; see :func:`sslkit.train.optim.param_groups`).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from sslkit.config import BatchFormerConfig
+from sslkit.config import BatchFormerConfig, Config
 from sslkit.methods.streams import Stats, contrast, merge
 from sslkit.models.batchformer import BatchFormer, BatchFormerV2, v2_needs_vit
 from sslkit.models.heads import per_stream
@@ -46,9 +46,39 @@ __all__ = ["MoCoBase", "Stats"]
 class MoCoBase(nn.Module):
     """Base of the MoCo methods. Subclasses build ``projector`` (and more heads) after calling
     ``super().__init__``, then :meth:`_init_momentum_encoder`, and override :meth:`_heads`
-    when the queries pass more than the projector."""
+    when the queries pass more than the projector.
+
+    What a method's name implies lives on its class, and a subclass inherits it unless it
+    sets its own: the augmentation presets (:data:`augment_preset` for images above 64 px,
+    :data:`augment_preset_small` up to 64 px; names in :data:`sslkit.augment.PRESETS`), the
+    paper's values for the method keys left null (:meth:`paper_defaults`), the rules of a
+    config (:meth:`check_config`) and the construction from a resolved config
+    (:meth:`from_config`).
+    """
 
     projector: nn.Module
+    augment_preset = "mocov2"
+    augment_preset_small = "mocov2_small"
+
+    @classmethod
+    def preset_for(cls, image_size: int) -> str:
+        """The augmentation preset ``augment.preset: auto`` means at ``image_size``."""
+        return cls.augment_preset_small if image_size <= 64 else cls.augment_preset
+
+    @classmethod
+    def paper_defaults(cls, vit: bool, feat_dim: int) -> dict:
+        """The method's values for the ``method.*`` keys left null, for a ViT or a ResNet
+        backbone of ``feat_dim`` features."""
+        raise NotImplementedError(f"{cls.__qualname__} sets no paper defaults")
+
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        """The method's rules of a resolved config (one-line ConfigErrors); none by default."""
+
+    @classmethod
+    def from_config(cls, cfg: Config, backbone: nn.Module, feat_dim: int) -> "MoCoBase":
+        """The method around ``backbone`` (``feat_dim`` features) for the resolved ``cfg``."""
+        return cls(backbone, feat_dim, cfg.method, cfg.batchformer)
 
     def __init__(self, backbone: nn.Module, feat_dim: int, batchformer: BatchFormerConfig):
         super().__init__()
@@ -62,7 +92,7 @@ class MoCoBase(nn.Module):
 
     def _build_batchformer(self, bf: BatchFormerConfig, feat_dim: int) -> nn.Module | None:
         """BatchFormer (v1) on the features, or BatchFormerV2 between the blocks of a ViT;
-        tagged with its optimizer group (read by sslkit.optim.param_groups)."""
+        tagged with its optimizer group (read by sslkit.train.optim.param_groups)."""
         if not bf.enabled:
             return None
         if bf.version == "v1":
@@ -73,7 +103,7 @@ class MoCoBase(nn.Module):
                 raise v2_needs_vit(type(self.backbone).__name__)
             module = BatchFormerV2(feat_dim, len(blocks), bf.insert_after, bf.shared, bf.heads,
                                    bf.ffn_dim, bf.dropout, bf.layers)
-        if bf.frozen:  # no gradient, hence no optimizer group (sslkit.optim skips it)
+        if bf.frozen:  # no gradient, hence no optimizer group (sslkit.train.optim skips it)
             module.requires_grad_(False)
         else:
             module.optim_group = {"name": "batchformer", "lr_scale": bf.lr_scale,

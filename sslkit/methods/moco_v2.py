@@ -7,7 +7,9 @@ official MoCo logic), or in one process split-BN groups + a shuffled key batch (
 demo). Loss: InfoNCE of q against its key (row i pairs with k[i mod B]) and the queue of K past
 keys; the B plain keys of every process (both key streams with ``batchformer.keys: both``)
 are enqueued after the loss (training only).
-The engine calls :meth:`momentum_update` right after ``optimizer.step()``.
+Each training step ends with :meth:`momentum_update` (m constant), after the optimizer's and
+the LR schedule's steps (:class:`sslkit.train.step.TrainStep`), so the next step's keys come
+from the updated encoder; a skipped non-finite step leaves it out.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from sslkit.config import BatchFormerConfig, Config, MethodConfig
 from sslkit.errors import ConfigError
 from sslkit.losses import moco_v2_loss, moco_v2_similarities
 from sslkit.methods.base import MoCoBase, Stats
+from sslkit.methods.registry import register
 from sslkit.models.heads import build_mlp
 from sslkit.models.splitbn import convert_split_bn
 
@@ -51,6 +54,7 @@ def _keys_per_step(batch: int, symmetric: bool, keys_both: bool) -> tuple[int, s
             + (" x 2 (batchformer.keys=both enqueues both key streams)" if keys_both else ""))
 
 
+@register("mocov2")
 class MoCoV2(MoCoBase):
     """MoCo-v2. ``forward(view1, view2) -> (loss, stats)``.
 
@@ -60,17 +64,19 @@ class MoCoV2(MoCoBase):
     on the plain stream, averaged over the directions.
     """
 
-    @staticmethod
-    def paper_defaults(vit: bool) -> dict:
+    augment_preset, augment_preset_small = "mocov2", "mocov2_small"
+
+    @classmethod
+    def paper_defaults(cls, vit: bool, feat_dim: int) -> dict:
         """MoCo-v2's values for the method keys left null (facebookresearch/moco main_moco.py):
-        K = 65536, m = 0.999 (constant), T = 0.2, head D-D-128 without BN; the hidden width
-        null = the backbone's feature dim (2048 for a ResNet-50, filled by the resolver)."""
+        K = 65536, m = 0.999 (constant), T = 0.2, head D-D-128 without BN, its hidden width
+        the backbone's feature dim (2048 for a ResNet-50)."""
         return dict(temperature=0.2, queue_size=65536, momentum=0.999,
-                    momentum_schedule="constant", proj_dim=128, proj_hidden_dim=None,
+                    momentum_schedule="constant", proj_dim=128, proj_hidden_dim=feat_dim,
                     proj_layers=2, proj_bn=False, pred_hidden_dim=None)
 
-    @staticmethod
-    def check_config(cfg: Config) -> None:
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
         """The rules of a config for MoCo-v2 (its method keys resolved): the queue holds whole
         steps of keys; one-process shuffle-BN groups divide the batch."""
         m, bf = cfg.method, cfg.batchformer
@@ -173,6 +179,6 @@ class MoCoV2(MoCoBase):
             keys = k1 + k2
         loss, stats = self._merge(parts)
         if self.training:
-            with record_function("sslkit.queue"):  # a phase of sslkit.step's breakdown
+            with record_function("sslkit.queue"):  # a phase of sslkit.train.step's breakdown
                 self._enqueue(torch.cat(keys))
         return loss, stats

@@ -5,8 +5,11 @@ Queries: :class:`~sslkit.methods.base.MoCoBase` (backbone -> [BatchFormer] -> pr
 predictor). Keys: the momentum encoder (no predictor, no BatchFormer), all-gathered over
 processes. Loss (symmetric): ctr(q1, k2) + ctr(q2, k1), ctr = 2T * cross-entropy of q against
 the gathered keys with this rank's own key as the positive (row i pairs with
-k[rank*B + i mod B]). The engine calls :meth:`momentum_update` right after
-``optimizer.step()`` with m = :func:`sslkit.optim.cosine_momentum` (0.99 -> 1).
+k[rank*B + i mod B]). Each training step ends with :meth:`momentum_update`, after the
+optimizer's and the LR schedule's steps (:class:`sslkit.train.step.TrainStep`), with m =
+:func:`sslkit.train.optim.cosine_momentum` (0.99 -> 1) of that step; the official code updates
+inside the forward pass, before the keys (docs/recipes.md: the key encoder averages the
+same sequence of online weights; the momentum schedule's index is shifted by one step).
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from sslkit import distributed as dist
 from sslkit.config import BatchFormerConfig, Config, MethodConfig
 from sslkit.losses import moco_v3_loss, moco_v3_similarities
 from sslkit.methods.base import MoCoBase, Stats
+from sslkit.methods.registry import register
+from sslkit.models.backbones import is_vit
 from sslkit.models.heads import build_mlp
 
 
@@ -24,6 +29,7 @@ def _has_attention(module: nn.Module) -> bool:
     return any(isinstance(m, nn.MultiheadAttention) for m in module.modules())
 
 
+@register("mocov3")
 class MoCoV3(MoCoBase):
     """MoCo-v3. ``forward(view1, view2) -> (loss, stats)``.
 
@@ -35,8 +41,10 @@ class MoCoV3(MoCoBase):
     keys, on the plain stream, averaged over the two directions.
     """
 
-    @staticmethod
-    def paper_defaults(vit: bool) -> dict:
+    augment_preset, augment_preset_small = "mocov3", "mocov3_small"
+
+    @classmethod
+    def paper_defaults(cls, vit: bool, feat_dim: int) -> dict:
         """MoCo-v3's values for the method keys left null (facebookresearch/moco-v3
         main_moco.py, builder.py): T = 1.0 for a ResNet, 0.2 for a ViT; m cosine 0.99 -> 1;
         projector 4096-256 (2 layers ResNet, 3 ViT) with BN; predictor 4096 wide."""
@@ -44,9 +52,11 @@ class MoCoV3(MoCoBase):
                     momentum_schedule="cosine", proj_dim=256, proj_hidden_dim=4096,
                     proj_layers=3 if vit else 2, proj_bn=True, pred_hidden_dim=4096)
 
-    @staticmethod
-    def check_config(cfg: Config) -> None:
-        """MoCo-v3 has no rule beyond the schema's."""
+    @classmethod
+    def from_config(cls, cfg: Config, backbone: nn.Module, feat_dim: int) -> "MoCoV3":
+        """The heads of a ViT differ (a timm ViT is one without nn.MultiheadAttention)."""
+        return cls(backbone, feat_dim, cfg.method, cfg.batchformer,
+                   vit=is_vit(cfg.model.backbone))
 
     def __init__(self, backbone: nn.Module, feat_dim: int, method: MethodConfig,
                  batchformer: BatchFormerConfig, *, vit: bool | None = None):

@@ -10,9 +10,9 @@ status a shell reports for a process that signal ended. A non-zero status, becau
 not finished: ``run_pretrain.py && run_lincls.py`` stops there, SLURM does not account the
 step as completed, and torchrun's elastic agent (which only sends signals when it is itself
 shutting down, or restarting a failed group) does not mistake the stop for the end of a run.
-DataLoader workers ignore both signals (:func:`ignore_stop_signals`): torchrun and SLURM
-signal a worker's whole process group, and a loader worker that died of it would fail the
-next batch of a run that is saving itself.
+DataLoader workers ignore both signals (:func:`sslkit.distributed.ignore_stop_signals`):
+torchrun and SLURM signal a worker's whole process group, and a loader worker that died of it
+would fail the next batch of a run that is saving itself.
 
 **Agreement.** Under torchrun every rank must stop after the same step, or the ranks would
 wait for each other in different collectives. :meth:`Lifecycle.poll` runs once per step: one
@@ -40,10 +40,8 @@ from typing import Callable, Optional
 import torch
 
 from sslkit import distributed as dist_utils
+from sslkit.distributed import STOP_SIGNALS
 from sslkit.errors import ProcessGroupError, UserError
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
 
 def stop_exit_code(signum: int) -> int:
     """The exit status of a run stopped by ``signum`` after its checkpoint: 128 + signum."""
@@ -52,13 +50,6 @@ def stop_exit_code(signum: int) -> int:
 
 def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
-
-
-def ignore_stop_signals() -> None:
-    """In a DataLoader worker: outlive SIGTERM/SIGUSR1 sent to the whole process group (the
-    main process stops the workers itself when the run ends)."""
-    for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
 
 
 class StopSignals:

@@ -1,14 +1,16 @@
 """The run directory (``run.output_dir``): what a run writes there, the checks before a run
-starts, ``--overwrite``, what ``--auto-resume`` makes of a directory, and the comparison of a
-resumed run's config with the saved one."""
+starts, opening it (``--overwrite``, ``config.yaml``, leftovers of a killed write), what
+``--auto-resume`` makes of a directory, and the comparison of a resumed run's config with
+the saved one (both resolved by :func:`sslkit.methods.resolve.resolved_pair`)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
 
-from sslkit.checkpoint import PREV_NAME
-from sslkit.config import Config
+from sslkit.io.checkpoint import PREV_NAME
+from sslkit.config import Config, save as save_config
 from sslkit.errors import UserError
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "tb", "checkpoints", "backbone.pt", "eval.json")
@@ -107,6 +109,22 @@ def _structural_change(old_cfg: dict, new_cfg: dict) -> tuple[str, object, objec
     return None
 
 
+def open_run_dir(out: Path, cfg: Config, new: bool, overwrite: bool) -> None:
+    """Rank 0, once every check has passed. A new run replaces the files of the run there
+    (``overwrite``), creates ``checkpoints/`` and writes ``config.yaml``, with
+    ``run.overwrite`` saved as false: a permission, not part of the recipe, so that starting
+    from this config.yaml again cannot replace the run. Every start removes the temporary
+    files of a checkpoint write that was killed halfway."""
+    if new:
+        if overwrite:
+            clear_run_dir(out)
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        save_config(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, overwrite=False)),
+                    out / "config.yaml")
+    for stale in (out / "checkpoints").glob(".*.tmp-*"):
+        stale.unlink()
+
+
 def clear_run_dir(out: Path) -> None:
     """--overwrite: remove only the files a run writes (nothing else in the directory)."""
     for name in RUN_FILES:
@@ -128,18 +146,15 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def compare_resume_config(saved: dict, cfg: Config, source: Path) -> list[str]:
-    """Refuse structural changes; return the other changed keys (printed as a note).
-
-    Both sides must be resolved configs (:func:`sslkit.resolved.resolved`; ``saved`` as a
-    dict), so that a checkpoint whose config left a default as null matches the same run
-    written out in full."""
-    change = _structural_change(saved, cfg.to_dict())
+def compare_resume_config(saved: dict, given: dict, source: Path) -> list[str]:
+    """Refuse structural changes; return the other changed keys (printed as a note). Both
+    are config dicts resolved alike (:func:`sslkit.methods.resolve.resolved_pair`)."""
+    change = _structural_change(saved, given)
     if change is not None:
         k, was, now = change
         raise UserError(f"cannot resume from '{source}': {k} was {was!r} there but is "
                         f"{now!r} now; resume with the run's own config.yaml")
-    return changed_keys(saved, cfg.to_dict())
+    return changed_keys(saved, given)
 
 
 def changed_keys(old_cfg: dict, new_cfg: dict) -> list[str]:

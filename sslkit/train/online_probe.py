@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit import distributed as dist
-from sslkit.optim import linear_scaled
+from sslkit.train.optim import linear_scaled
 
 
 class OnlineProbe:

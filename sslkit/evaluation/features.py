@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 
 from sslkit.data.loaders import tensor_pair
-from sslkit.metrics import progress_bar
-from sslkit.runtime import autocast
+from sslkit.train.metrics import progress_bar
+from sslkit.train.runtime import autocast
 
 
 def iterate_batches(data, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:

@@ -15,7 +15,8 @@ in is refused, never run.
      "epoch": int, "step": int,         # completed epochs / optimizer steps
      "skipped_steps": int,              # non-finite steps skipped (train.nan_policy=skip)
      "data": {"steps_per_epoch": int, "seed": int},   # checked on resume
-     "config": Config.to_dict(), "rng": [one RNG state per process]}
+     "config": Config.to_dict(), "rng": [one RNG state per process],
+     "online_probe": ...}                # with eval.online_probe only
 """
 from __future__ import annotations
 
@@ -35,6 +36,20 @@ from sslkit.errors import CheckpointError
 FORMAT = "sslkit"
 VERSION = 1
 PREV_NAME = "prev.pt"
+
+
+def training_state(*, model: dict, optimizer: dict, scheduler: dict, scaler: dict, step: int,
+                   steps_per_epoch: int, seed: int, skipped_steps: int, config: dict,
+                   rng: list, online_probe: dict | None = None) -> dict:
+    """The dict ``last.pt`` holds after ``step`` optimizer steps (the layout above), marked
+    with this file's :data:`FORMAT` and :data:`VERSION`; ``rng`` has one state per process."""
+    state = {"format": FORMAT, "version": VERSION, "model": model, "optimizer": optimizer,
+             "scheduler": scheduler, "scaler": scaler, "epoch": step // steps_per_epoch,
+             "step": step, "data": {"steps_per_epoch": steps_per_epoch, "seed": seed},
+             "skipped_steps": skipped_steps, "config": config, "rng": rng}
+    if online_probe is not None:
+        state["online_probe"] = online_probe
+    return state
 
 
 def _fsync_dir(path: Path) -> None:

@@ -6,15 +6,14 @@ loss -> backward -> optimizer step -> LR schedule -> momentum update -> log. Eve
 ``eval.knn_every`` epochs an online kNN on backbone features; a checkpoint every epoch and
 every ``train.checkpoint_every_steps`` and ``train.checkpoint_every_minutes`` (atomic), and
 ``backbone.pt`` at the end. SIGTERM / SIGUSR1 end the run after a checkpoint of the step it
-reached, every torchrun process at the same step (:mod:`sslkit.lifecycle`).
+reached, every torchrun process at the same step (:mod:`sslkit.train.lifecycle`).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -22,34 +21,37 @@ from torch.profiler import record_function
 
 from sslkit import distributed as dist_utils
 from sslkit.augment import eval_transform_from_config
-from sslkit.grid import augmentation_grid
-from sslkit.checkpoint import load_checkpoint_with_fallback, load_into, save_atomic
-from sslkit.config import Config, build as build_config, save as save_config
+from sslkit.config import Config
 from sslkit.data import build_loader, dataset_from_config
 from sslkit.errors import CheckpointError, ConfigError, UserError
+from sslkit.evaluation.features import extract_features
 from sslkit.export import backbone_state_dict
-from sslkit.features import extract_features
+from sslkit.io.checkpoint import (load_checkpoint_with_fallback, load_into, save_atomic,
+                                  training_state)
+from sslkit.io.rundir import check_run_dir, compare_resume_config, open_run_dir
 from sslkit.knn import knn_accuracy
-from sslkit.lifecycle import (Lifecycle, StopSignals, agree, agree_on, explain_lost_process,
-                              signal_name, together)
 from sslkit.methods import build_method
-from sslkit.metrics import (TB_EVAL, TB_ONLINE, TB_TRAIN, MetricsLog, Progress, Summary,
-                            print_summary)
-from sslkit.online_probe import OnlineProbe
-from sslkit.optim import build_optimizer, build_scheduler
-from sslkit.pipeline import build_pretrain_input
-from sslkit.resolved import feature_dim, resolved
-from sslkit.rundir import check_run_dir, clear_run_dir, compare_resume_config
-from sslkit.runtime import (configure_cpu, fork_rng, params_finite, resolve_device,
-                            choose_precision, rng_state, seed_everything, set_rng_state)
-from sslkit.step import StepResult, TrainingDiverged, TrainStep
+from sslkit.methods.resolve import feature_dim, resolved, resolved_pair
+from sslkit.train.lifecycle import (Lifecycle, StopSignals, Verdict, agree, agree_on,
+                                    explain_lost_process, signal_name, together)
+from sslkit.train.metrics import (TB_EVAL, TB_ONLINE, TB_TRAIN, MetricsLog, Progress, Summary,
+                                  print_summary)
+from sslkit.train.online_probe import OnlineProbe
+from sslkit.train.optim import build_optimizer, build_scheduler
+from sslkit.train.runtime import (choose_precision, configure_cpu, fork_rng, params_finite,
+                                  resolve_device, rng_state, seed_everything, set_rng_state,
+                                  share_cores_with_workers)
+from sslkit.train.step import StepResult, TrainingDiverged, TrainStep
+from sslkit.views.grid import augmentation_grid
+from sslkit.views.pipeline import build_pretrain_input
 
 
 class Trainer:
     """Builds everything from a Config, then runs (or resumes) pretraining."""
 
     def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False):
-        # every default written out (what config.yaml says); a no-op when the CLI resolved it
+        # every default written out (what config.yaml says): the config the CLI resolved is
+        # taken as it is; one built in Python is resolved here, once
         cfg = self.cfg = resolved(cfg)
         self.resume, self.overwrite = resume, overwrite or cfg.run.overwrite
         self.run_dir = Path(cfg.run.output_dir)
@@ -98,6 +100,7 @@ class Trainer:
         cfg = self.cfg
         self.input = build_pretrain_input(cfg, self.device, self.rank, self.world,
                                           self.local_batch)
+        share_cores_with_workers(cfg.run, self.device, getattr(self.input.loader, "num_workers", 0))
         self.train_set, self.sampler = self.input.base, self.input.sampler
         n = len(self.train_set)
         self.steps_per_epoch = (n // self.world) // self.local_batch
@@ -142,11 +145,9 @@ class Trainer:
 
     def _load_resume_state(self) -> None:
         ckpt, source = load_checkpoint_with_fallback(self.run_dir / "checkpoints" / "last.pt")
-        try:  # the saved config, resolved as this run's is
-            saved = resolved(build_config(ckpt["config"], source=str(source))).to_dict()
-        except ConfigError:  # a checkpoint of another sslkit version: compare what is there
-            saved = ckpt["config"]
-        notes = compare_resume_config(saved, self.cfg, source)
+        saved, given = resolved_pair(ckpt["config"], self.cfg, str(source))
+        notes = compare_resume_config(saved if isinstance(saved, dict) else saved.to_dict(),
+                                      given.to_dict(), source)
         saved_spe = ckpt.get("data", {}).get("steps_per_epoch", self.steps_per_epoch)
         if saved_spe != self.steps_per_epoch:
             raise UserError(f"cannot resume from '{source}': it was written at {saved_spe} "
@@ -174,18 +175,19 @@ class Trainer:
 
     # ----------------------------------------------------------------- checkpoints
     def state(self, step: int) -> dict:
+        """The run's state after ``step`` steps, as ``last.pt`` holds it
+        (:func:`sslkit.io.checkpoint.training_state`); a collective under DDP."""
         rngs = [rng_state()]
         if self.distributed:  # every rank's RNG, so each resumes its own stream
             gathered: list[Any] = [None] * self.world
             torch.distributed.all_gather_object(gathered, rngs[0])
             rngs = gathered
-        return {"format": "sslkit", "version": 1, "model": self.method.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "epoch": step // self.steps_per_epoch, "step": step,
-                "data": {"steps_per_epoch": self.steps_per_epoch, "seed": self.cfg.run.seed},
-                "skipped_steps": self.stepper.skipped, "config": self.cfg.to_dict(), "rng": rngs,
-                **({"online_probe": self.probe.state_dict()} if self.probe is not None else {})}
+        return training_state(
+            model=self.method.state_dict(), optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), step=step,
+            steps_per_epoch=self.steps_per_epoch, seed=self.cfg.run.seed,
+            skipped_steps=self.stepper.skipped, config=self.cfg.to_dict(), rng=rngs,
+            online_probe=self.probe.state_dict() if self.probe is not None else None)
 
     def save_checkpoint(self, step: int) -> None:
         if not params_finite(self.method):
@@ -236,17 +238,8 @@ class Trainer:
     # ----------------------------------------------------------------- training
     def fit(self, stop_after_steps: int | None = None) -> Summary:
         cfg, main = self.cfg, self.main
-        if main and not self.resume:
-            if self.overwrite:
-                clear_run_dir(self.run_dir)
-            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            # run.overwrite is a permission, not part of the recipe: never saved as true, so
-            # that starting from this config.yaml again cannot replace the run
-            save_config(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, overwrite=False)),
-                        self.run_dir / "config.yaml")
-        if main:  # temporary files of a checkpoint write that was killed halfway
-            for stale in (self.run_dir / "checkpoints").glob(".*.tmp-*"):
-                stale.unlink()
+        if main:
+            open_run_dir(self.run_dir, cfg, new=not self.resume, overwrite=self.overwrite)
         dist_utils.barrier()
         log = MetricsLog(self.run_dir, main, cfg.run.tensorboard, self.start_step)
         t_start = time.time()
@@ -290,7 +283,7 @@ class Trainer:
 
     def train_step(self, images, labels: torch.Tensor) -> StepResult:
         """One optimizer step of this run on a batch from its loader (uint8 images), exactly
-        as :meth:`fit` runs it (:class:`sslkit.step.TrainStep`); advances :attr:`step`."""
+        as :meth:`fit` runs it (:class:`sslkit.train.step.TrainStep`); advances :attr:`step`."""
         result = self.stepper.step(images, labels, self.step)
         self.step += 1
         return result
@@ -322,51 +315,56 @@ class Trainer:
                 return
             yield batch
 
+    def _polled_batches(self) -> Iterator[tuple[Optional[tuple], Verdict]]:
+        """``(batch, verdict)`` before each step from :attr:`step` on, over the epochs: every
+        rank polls (:mod:`sslkit.train.lifecycle`) once its next batch is fetched, and a rank
+        whose batch failed (a user error such as a corrupt image) ends every rank with its
+        line. ``batch`` is None at the end of an epoch's loader (polled there too)."""
+        while self.step < self.total_steps:
+            batches, batch = self.batches(), ()
+            while batch is not None:
+                try:
+                    batch, problem = next(batches, None), None
+                except UserError as e:
+                    batch, problem = None, e
+                verdict = self.life.poll(failed=problem is not None)
+                if verdict.failed:
+                    agree(problem)
+                yield batch, verdict
+
     def _train(self, log: MetricsLog, bar: Progress, stop_after: int | None
                ) -> tuple[int, float | None, dict | None, int]:
         """Steps from ``start_step`` to the end (or ``stop_after``, or a stop signal); returns
         (the step reached, the last loss, the last online kNN result, the stop signal or 0).
-
-        Before each step (its batch fetched) every rank polls (:mod:`sslkit.lifecycle`): a
-        stop signal or rank 0's wall clock writes a checkpoint of the step reached; a rank
-        whose batch failed ends every rank with its line."""
+        A stop signal or rank 0's wall clock writes a checkpoint of the step reached."""
         cfg, spe = self.cfg, self.steps_per_epoch
         every_ckpt = cfg.train.checkpoint_every_steps
         last_loss, knn = None, None
         t_log, n_log = time.time(), 0
         self.method.train()
-        while self.step < self.total_steps:
-            batches = self.batches()
-            while True:
-                try:
-                    batch, problem = next(batches, None), None
-                except UserError as e:  # e.g. a corrupt image: every rank stops with its line
-                    batch, problem = None, e
-                verdict = self.life.poll(failed=problem is not None)
-                if verdict.failed:
-                    agree(problem)
-                if (verdict.stop or verdict.checkpoint) and self.saved_at != self.step:
-                    self.save_checkpoint(self.step)
-                if verdict.stop:
-                    return self.step, last_loss, knn, verdict.stop
-                if batch is None:
-                    break
-                images, labels = batch
-                result = self.train_step(images, labels)
-                step = self.step
-                n_log += labels.shape[0] * self.world
-                last_loss = result.loss
-                bar.update(1)
-                if step % cfg.run.log_every_steps == 0 or step == self.total_steps:
-                    self._log_step(log, bar, step, result, n_log / max(time.time() - t_log, 1e-9))
-                    t_log, n_log = time.time(), 0
-                epoch_end = step % spe == 0 or step == self.total_steps
-                if epoch_end:
-                    knn = self._end_of_epoch(log, bar, step) or knn
-                if epoch_end or (every_ckpt and step % every_ckpt == 0):
-                    self.save_checkpoint(step)
-                if step >= self.total_steps or (stop_after is not None and step >= stop_after):
-                    return step, last_loss, knn, 0
+        for batch, verdict in self._polled_batches():
+            if (verdict.stop or verdict.checkpoint) and self.saved_at != self.step:
+                self.save_checkpoint(self.step)
+            if verdict.stop:
+                return self.step, last_loss, knn, verdict.stop
+            if batch is None:
+                continue
+            images, labels = batch
+            result = self.train_step(images, labels)
+            step = self.step
+            n_log += labels.shape[0] * self.world
+            last_loss = result.loss
+            bar.update(1)
+            if step % cfg.run.log_every_steps == 0 or step == self.total_steps:
+                self._log_step(log, bar, step, result, n_log / max(time.time() - t_log, 1e-9))
+                t_log, n_log = time.time(), 0
+            epoch_end = step % spe == 0 or step == self.total_steps
+            if epoch_end:
+                knn = self._end_of_epoch(log, bar, step) or knn
+            if epoch_end or (every_ckpt and step % every_ckpt == 0):
+                self.save_checkpoint(step)
+            if step >= self.total_steps or (stop_after is not None and step >= stop_after):
+                break
         return self.step, last_loss, knn, 0
 
     def _log_step(self, log: MetricsLog, bar: Progress, step: int, result: StepResult,
@@ -393,11 +391,13 @@ class Trainer:
                 log.write({"step": step, "epoch": ep, **stats}, TB_ONLINE)
         if self.knn_sets is not None and cfg.eval.knn_every and (
                 ep % cfg.eval.knn_every == 0 or step == self.total_steps):
-            if self.main:
-                knn = self.knn_monitor()
+            measured: dict = {}
+            # rank 0 alone; a data error there ends every rank with its line
+            together(lambda: self.main and measured.update(self.knn_monitor()))
+            if measured:
+                knn = measured
                 log.write({"step": step, "epoch": ep, **knn}, TB_ONLINE)
                 bar.write(f"epoch {ep}: kNN top-1 {knn['knn_top1']:.2f}%")
-            dist_utils.barrier()
             self.method.train()
         if cfg.run.aug_grid_every and ep % cfg.run.aug_grid_every == 0:
             self.aug_grid(log, step)

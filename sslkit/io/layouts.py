@@ -214,6 +214,8 @@ def read_foreign(obj: Any, source: str) -> Backbone:
     backbone, name = _heads_dropped(state)
     if name == "timm-vit":
         return Backbone(backbone, "deit" if wrapper == "model" else "timm-vit", name)
+    if name == "other" and wrapper is not None:  # a wrapped state dict of no known model
+        raise unknown_layout(source, obj)
     return Backbone(backbone, "torchvision", name)
 
 

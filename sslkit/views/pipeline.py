@@ -10,7 +10,7 @@ both build it here, so the preview shows exactly what training sees.
   random-resized crops from the whole decoded image (:mod:`sslkit.data.crops`), and the
   device runs only the photometric part. With ``data.decode_device: cuda`` the workers read
   bytes only and the batch is decoded on the GPU (nvjpeg). On a CPU training device the
-  workers apply the photometric part too, per view (:mod:`sslkit.photometric`, same ops and
+  workers apply the photometric part too, per view (:mod:`sslkit.views.photometric`, same ops and
   draws' distributions), and the main process only normalises.
 """
 from __future__ import annotations
@@ -26,13 +26,12 @@ from PIL import Image, ImageDraw
 
 from sslkit.augment import TwoViews, to_unit_float, views_from_config
 from sslkit.config import Config
-from sslkit.data import TrainSampler, WorkerLoader, build_loader, dataset_from_config
+from sslkit.data import TrainSampler, build_loader, dataset_from_config, dataset_info
 from sslkit.data.crops import (CropSpec, EncodedBatch, EncodedTwoCropDataset, SeededSampler,
                                TwoCropDataset, decode_two_views, decode_views, sample_seed)
 from sslkit.data.imagefolder import ImageFolderDataset
 from sslkit.errors import ConfigError, DataError
-from sslkit.photometric import WorkerPhotometric
-from sslkit.runtime import share_cores_with_workers
+from sslkit.views.photometric import WorkerPhotometric
 
 log = logging.getLogger("sslkit.data")
 
@@ -40,11 +39,13 @@ BOX_COLOURS = ((230, 60, 50), (40, 170, 230))  # view 1, view 2 on the originals
 
 
 def crops_from_original(cfg: Config) -> bool:
-    return cfg.data.name == "imagefolder" and cfg.data.crop_from == "original"
+    """Whether the loader cuts both views' crops from the whole decoded image: a source that
+    decodes files (:attr:`sslkit.data.DatasetInfo.files`) with ``data.crop_from: original``."""
+    return dataset_info(cfg.data.name).files and cfg.data.crop_from == "original"
 
 
 def photometric_in_loader(cfg: Config, device: torch.device) -> bool:
-    """Whether the loader applies the photometric ops too: ImageFolder crops of the original,
+    """Whether the loader applies the photometric ops too: crops of the original image,
     decoded on the CPU, for a CPU training device (on a GPU they run batched there)."""
     return (crops_from_original(cfg) and cfg.data.decode_device == "cpu"
             and device.type == "cpu")
@@ -186,6 +187,4 @@ def build_pretrain_input(cfg: Config, device: torch.device, rank: int = 0, world
         batches = build_loader(dataset, local_batch, train=True, sampler=loader_sampler,
                                num_workers=cfg.data.num_workers,
                                pin_memory=device.type == "cuda", seed=cfg.run.seed)
-        if isinstance(batches, WorkerLoader):
-            share_cores_with_workers(cfg.run, device, batches.num_workers)
     return PretrainInput(cfg, device, dataset, base, sampler, batches, views, spec, photometric)

@@ -6,7 +6,7 @@
 
 :class:`TrainStep` holds what a step needs (the method and its DDP wrapper, the optimizer,
 LR scheduler, GradScaler, online probe, the input's ``to_views``) and nothing of the loop
-around it (data order, logging, checkpoints: :mod:`sslkit.engine`). Each phase runs inside a
+around it (data order, logging, checkpoints: :mod:`sslkit.train.engine`). Each phase runs inside a
 ``torch.profiler.record_function`` range named in :data:`PHASES` (MoCo-v2's queue update,
 inside the forward pass, is ``sslkit.queue``), so a profiler trace of a real run, or
 ``bench/breakdown.py``, shows where a step's time goes; without a profiler the ranges cost
@@ -25,8 +25,8 @@ from torch.profiler import record_function
 from sslkit import distributed as dist_utils
 from sslkit.config import Config
 from sslkit.errors import UserError
-from sslkit.optim import cosine_momentum
-from sslkit.runtime import autocast
+from sslkit.train.optim import cosine_momentum
+from sslkit.train.runtime import autocast
 
 # The profiler ranges of a step, in order (``sslkit.data`` is the engine's wait for a batch).
 PHASES = ("sslkit.data", "sslkit.augment", "sslkit.forward", "sslkit.queue", "sslkit.backward",

@@ -1,0 +1,1 @@
+"""Evaluation of frozen backbones: feature extraction (the online kNN and run_lincls)."""
