@@ -3,7 +3,9 @@
 #   1. the CUDA-marked tests (pytest -m gpu);
 #   2. bench/gpu_r50.py (MoCo-v2 ResNet-50 step against a supervised step);
 #   3. the GPU rows of bench/pretrain.py, bench/knn.py and bench/data.py (nvjpeg);
-#   4. 200-step smoke runs of MoCo-v3 + BatchFormer on ViT-S/16 and on ResNet-50, 224 px
+#   4. bench/memory.py: ViT-S/16 at batch 1024 on one GPU, whole batch, micro-batches of 128
+#      (peak memory, img/s) and compiled;
+#   5. 200-step smoke runs of MoCo-v3 + BatchFormer on ViT-S/16 and on ResNet-50, 224 px
 #      synthetic data, with the ImageNet recipes' settings.
 # Everything lands in one folder: OUT (default runs/gpu_check): summary.txt (one line per
 # step with its exit code and seconds), gpu_check.log (every step's output) and the updated
@@ -44,10 +46,12 @@ if [ "$QUICK" = 1 ]; then  # toy sizes: checks the script, not the GPU
   KNN="--train 2000 --queries 200 --repeats 1 --no-write"
   DATA="--images 64 --batch 16 --repeats 1 --decode-images 8 --size 64 --no-write"
   SMOKE="train.max_steps=2 train.batch_size=8 data.synthetic_train=16 data.image_size=64 model.patch_size=16"
+  MEM="--variants whole,eighth --batch 16 --steps 1 --warmup 1 --no-write --set data.synthetic_train=32 data.image_size=64"
 else
   R50=""; PRE="--set data.name=synthetic data.channels=3 data.image_size=32 data.synthetic_train=8192 model.width=64 train.batch_size=512"
   KNN="--train 100000 --queries 10000 --repeats 2"; DATA="--workers 8 --images 2000 --repeats 3"
   SMOKE="train.max_steps=200 train.batch_size=256 data.synthetic_train=4096"
+  MEM="--variants whole,eighth,compile --batch 1024 --steps 3 --warmup 2 --set data.synthetic_train=2048"
 fi
 GPU_TESTS="-m gpu"
 
@@ -57,6 +61,8 @@ step gpu_r50 90 $PY bench/gpu_r50.py --device "$DEVICE" $R50
 step pretrain 90 $PY bench/pretrain.py --device "$DEVICE" $PRE
 step knn 60 $PY bench/knn.py --device "$DEVICE" $KNN
 step data 150 $PY bench/data.py --device "$DEVICE" $DATA --folder "$OUT/jpegs"
+step memory 240 $PY bench/memory.py --device "$DEVICE" --config configs/imagenet_mocov3_vits_300ep.yaml \
+  $MEM data.name=synthetic data.num_workers=4 method.sync_bn=false
 for arch in vits r50; do
   if [ $arch = vits ]; then CFG=configs/imagenet_mocov3_vits_300ep.yaml; else CFG=configs/imagenet_mocov3_r50_100ep_bf.yaml; fi
   step smoke_$arch 100 $PY run_pretrain.py --config $CFG --overwrite --set \

@@ -307,6 +307,17 @@ CASES: list[Case] = [
     Case("batch-too-large", "config", "`--set train.batch_size=128` with 64 images",
          _set("train.batch_size=128", "method.queue_size=128"),
          ("train.batch_size=128", "64 training images")),
+    Case("micro-batch-not-dividing", "config",
+         "`--set train.micro_batch=5` with a per-process batch of 16",
+         _set("train.micro_batch=5"), ("train.micro_batch=5 must divide the per-process "
+                                       "batch 16", "train.micro_batch=4")),
+    Case("micro-batch-bn-splits", "config",
+         "`--set train.micro_batch=8` with MoCo-v2's one-process `method.bn_splits=8`",
+         _set("method.bn_splits=8", "train.micro_batch=8"),
+         ("train.micro_batch=8", "method.bn_splits=8", "--set method.bn_splits=2")),
+    Case("micro-batch-bfv2", "config", "`--set train.micro_batch=4` with BatchFormerV2",
+         _set(*VIT2, "batchformer.enabled=true", "batchformer.version=v2",
+              "train.micro_batch=4"), ("BatchFormerV2", "batchformer.version=v1")),
     # unknown names
     Case("unknown-backbone", "names", "`--set model.backbone=resnet19`",
          _set("model.backbone=resnet19"), ("model.backbone=resnet19", "'resnet18'")),

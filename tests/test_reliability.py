@@ -23,14 +23,14 @@ EXTRA = ["train.checkpoint_every_steps=1", "eval.knn_every=0", "run.tensorboard=
          "run.num_threads=1", "data.synthetic_train=128", "batchformer.dropout=0.5"]
 
 
-def _argv(out: Path, epochs: int = 3) -> list[str]:
-    items = tiny_overrides(out, bf=True, epochs=epochs, extra=EXTRA)
+def _argv(out: Path, epochs: int = 3, extra: tuple = ()) -> list[str]:
+    items = tiny_overrides(out, bf=True, epochs=epochs, extra=[*EXTRA, *extra])
     return [a for it in items for a in ("--set", it)]
 
 
-def _cmd(out: Path, resume: bool = False) -> list[str]:
+def _cmd(out: Path, resume: bool = False, extra: tuple = ()) -> list[str]:
     return [sys.executable, str(ROOT / "run_pretrain.py"), *(["--resume"] if resume else []),
-            *_argv(out)]
+            *_argv(out, extra=extra)]
 
 
 def _final_weights(out: Path) -> dict[str, torch.Tensor]:
@@ -45,9 +45,12 @@ def _assert_same(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
-def test_kill_9_at_random_moments_then_resume_exactly(tmp_path):
+@pytest.mark.parametrize("extra", [(), ("train.micro_batch=4", "method.bn_splits=4")],
+                         ids=["whole-batch", "micro-batches"])
+def test_kill_9_at_random_moments_then_resume_exactly(tmp_path, extra):
+    """Also with micro-batches (gradient caching, the BatchFormer's dropout replayed)."""
     ref = tmp_path / "ref"
-    proc = subprocess.run(_cmd(ref), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(_cmd(ref, extra=extra), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     want = _final_weights(ref)
 
@@ -56,7 +59,7 @@ def test_kill_9_at_random_moments_then_resume_exactly(tmp_path):
     kills = 0
     first = True
     for _ in range(8):
-        p = subprocess.Popen(_cmd(out, resume=not first), stdout=subprocess.DEVNULL,
+        p = subprocess.Popen(_cmd(out, resume=not first, extra=extra), stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
         first = False
         # wait until training runs (a step is logged), then kill at a random moment
@@ -81,7 +84,8 @@ def test_kill_9_at_random_moments_then_resume_exactly(tmp_path):
         if kills >= 3:
             break
     assert kills >= 2, "the runs finished before they could be killed; slow them down"
-    proc = subprocess.run(_cmd(out, resume=True), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(_cmd(out, resume=True, extra=extra), capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same(_final_weights(out), want)
     assert not list((out / "checkpoints").glob(".*.tmp-*"))  # torn temp files were removed

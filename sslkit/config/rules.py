@@ -105,6 +105,11 @@ def validate(cfg: Config) -> None:
                           f"batchformer.enabled=true, or put {them} back to the defaults "
                           f"(frozen=false, loss_reduction=mean, head_bn=joint)")
     check_normalization(cfg.data.mean, cfg.data.std, cfg.data.channels)
+    if cfg.train.micro_batch is not None and bf.enabled and bf.version == "v2":
+        raise ConfigError(f"train.micro_batch={cfg.train.micro_batch} cannot compute "
+                          f"BatchFormerV2's step: it attends across the batch inside the "
+                          f"backbone, so each micro-batch would attend over itself only; set "
+                          f"batchformer.version=v1, or train.micro_batch=null")
     if cfg.eval.shot_groups[0] < cfg.eval.shot_groups[1]:
         raise ConfigError(f"eval.shot_groups={show(cfg.eval.shot_groups)} is invalid: give "
                           f"[many-shot above, few-shot below] with the first >= the second")

@@ -38,6 +38,8 @@ class RunConfig:
         "CPU whose oneDNN reports bf16 and where a start-up probe runs it faster than fp32), "
         "else fp32")
     channels_last: bool = _f(False)
+    compile: bool = _f(False, help="torch.compile the online and momentum backbones (eager with "
+                       "one note line when compilation fails); files keep plain key names")
     num_threads: Optional[int] = _f(None, ge=1, help="torch CPU threads (null: torch default)")
     log_every_steps: int = _f(10, ge=1)
     tensorboard: bool = _f(True)
@@ -124,6 +126,9 @@ class ModelConfig:
     patch_size: int = _f(16, ge=1, help="ViT patch size")
     vit_depth: Optional[int] = _f(None, ge=1, help="ViT depth override (null: the model's)")
     freeze_patch_embed: bool = _f(True, help="ViT: frozen random patch projection (MoCo-v3)")
+    grad_checkpointing: bool = _f(False, help="activation checkpointing of the online backbone's "
+                                  "ViT blocks / ResNet stages (timm: set_grad_checkpointing): the "
+                                  "same gradients, less memory, a second forward of each block")
 
 
 @dataclass(frozen=True)
@@ -218,6 +223,10 @@ class TrainConfig:
         "last one (rank 0's clock; every process follows); bounds the work a kill -9 loses "
         "(null: off)")
     nan_policy: Literal["stop", "skip"] = _f("stop")
+    micro_batch: Optional[int] = _f(
+        None, ge=1, help="null: the whole per-process batch at once; N: the same step N images at "
+        "a time (gradient caching; MoCo-v2 without BatchFormer accumulates plainly); the "
+        "backbone's BatchNorm then normalises each micro-batch (docs/pretraining.md)")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ trained BatchFormer forms its own optimizer group (``batchformer.lr_scale``,
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +41,14 @@ from sslkit.models.batchformer import BatchFormer, BatchFormerV2, v2_needs_vit
 from sslkit.models.heads import per_stream
 
 __all__ = ["MoCoBase", "Stats"]
+
+
+class MicroBackbones(Protocol):
+    """How the backbones run for ``train.micro_batch`` (:mod:`sslkit.train.microbatch`)."""
+
+    def online(self, x: Tensor) -> Tensor: ...
+
+    def keys(self, x: Tensor) -> Tensor: ...
 
 
 class MoCoBase(nn.Module):
@@ -57,6 +65,7 @@ class MoCoBase(nn.Module):
     """
 
     projector: nn.Module
+    accumulates_plainly = False  # micro-batches need the gradient cache (train.micro_batch)
     augment_preset = "mocov2"
     augment_preset_small = "mocov2_small"
 
@@ -89,6 +98,8 @@ class MoCoBase(nn.Module):
         self.backbone = backbone  # the exportable encoder: state-dict keys 'backbone.*'
         self.batchformer = self._build_batchformer(batchformer, feat_dim)
         self.features: Tensor | None = None  # the last batch's plain features (online probe)
+        # set by the training step for train.micro_batch: how the backbones run (in pieces)
+        self.micro: MicroBackbones | None = None
 
     def _build_batchformer(self, bf: BatchFormerConfig, feat_dim: int) -> nn.Module | None:
         """BatchFormer (v1) on the features, or BatchFormerV2 between the blocks of a ViT;
@@ -146,8 +157,17 @@ class MoCoBase(nn.Module):
         stream on its own."""
         if self.keys_both and self.training:
             return self._streamwise(self.momentum_projector, self.momentum_projector,
-                                    self._streams(self.momentum_backbone, x), x.shape[0])
-        return self.momentum_projector(self.momentum_backbone(x))
+                                    self._streams(self.momentum_features, x), x.shape[0])
+        return self.momentum_projector(self.momentum_features(x))
+
+    def online_features(self, x: Tensor) -> Tensor:
+        """The online backbone's features of x (B, D): at once, or as ``self.micro`` runs it
+        (the gradient cache of ``train.micro_batch``)."""
+        return self.backbone(x) if self.micro is None else self.micro.online(x)
+
+    def momentum_features(self, x: Tensor) -> Tensor:
+        """The momentum backbone's features of x (no gradient): at once, or in pieces."""
+        return self.momentum_backbone(x) if self.micro is None else self.micro.keys(x)
 
     def _streamwise(self, head: Callable[[Tensor], Tensor], owner: nn.Module, h: Tensor,
                     b: int) -> Tensor:
@@ -158,11 +178,14 @@ class MoCoBase(nn.Module):
             return per_stream(head, h, b, owner)
         return head(h)
 
-    def _streams(self, backbone: nn.Module, x: Tensor) -> Tensor:
-        """``backbone``'s features of x with the BatchFormer stream: (2B, D), plain rows first."""
+    def _streams(self, features: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """The features of x (``online_features`` or ``momentum_features``) with the
+        BatchFormer stream: (2B, D), plain rows first. BatchFormerV2 runs inside the
+        backbone's blocks (the method's own backbone of that branch)."""
         if isinstance(self.batchformer, BatchFormerV2):
+            backbone = self.backbone if features == self.online_features else self.momentum_backbone
             return self.batchformer(backbone, x, scope=self.bf_scope)
-        return self.batchformer(backbone(x), scope=self.bf_scope)
+        return self.batchformer(features(x), scope=self.bf_scope)
 
     # ------------------------------------------------------------------ queries
     def _heads(self, h: Tensor) -> Tensor:
@@ -172,8 +195,8 @@ class MoCoBase(nn.Module):
         """Images (B, C, H, W) -> online features (S*B, D); the BatchFormer stream (S = 2,
         plain rows first) only in training."""
         if self.batchformer is None or not self.training:
-            return self.backbone(x)  # (B, D)
-        return self._streams(self.backbone, x)
+            return self.online_features(x)  # (B, D)
+        return self._streams(self.online_features, x)
 
     def _queries(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) -> queries (S*B, d); keeps the plain features (detached)."""

@@ -13,6 +13,8 @@ from the updated encoder; a skipped non-finite step leaves it out.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -164,6 +166,47 @@ class MoCoV2(MoCoBase):
         return self._contrast(q, keys[0].shape[0], keys,
                               lambda rows, k: moco_v2_loss(rows, k, queue, self.temperature),
                               lambda rows, k: moco_v2_similarities(rows, k, queue))
+
+    @property
+    def accumulates_plainly(self) -> bool:
+        """Without BatchFormer the loss is per sample given the queue: micro-batches need no
+        gradient cache (:meth:`accumulate`)."""
+        return self.batchformer is None
+
+    def accumulate(self, view1: Tensor, view2: Tensor, pieces: list, backward: Callable
+                   ) -> tuple[Tensor, Stats]:
+        """The step of :meth:`forward` in micro-batches, plainly accumulated: the keys of the
+        whole per-process batch first (the momentum encoder N at a time through
+        ``self.micro``; one shuffle), then for each piece of the batch (``pieces``: index
+        slices) its queries, its loss against its keys and the same queue, and
+        ``backward(loss * n / B)``; the keys of the whole batch are enqueued once at the end.
+        Returns the loss and stats of the whole batch (detached)."""
+        b = view1.shape[0]
+        self._check_batch(b)
+        queue = self.queue.clone()
+        views = [(view1, self._keys(view2))]
+        if self.symmetric:
+            views.append((view2, self._keys(view1)))
+        total, sums, features = 0.0, {}, []
+        for piece in pieces:
+            parts = []
+            for x, keys in views:
+                parts.append(self._term(self._queries(x[piece]), [k[piece] for k in keys], queue))
+                if x is view1:  # the online probe's features: view 1's, as forward keeps them
+                    features.append((piece, self.features))
+            loss, stats = self._merge(parts)
+            weight = (view1[piece].shape[0]) / b
+            backward(loss * weight)
+            total = total + loss.detach() * weight
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v * weight
+        first = features[0][1]
+        self.features = first.new_empty(b, *first.shape[1:])
+        for piece, f in features:
+            self.features[piece] = f
+        with record_function("sslkit.queue"):
+            self._enqueue(torch.cat([k for _, keys in reversed(views) for k in keys]))
+        return total, sums
 
     def forward(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, Stats]:
         """view1, view2 (B, C, H, W) -> (loss, stats); stats are detached 0-dim tensors."""

@@ -11,6 +11,9 @@ parameters and buffers have BatchNorm's names, so state dicts load into torchvis
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -81,3 +84,18 @@ def convert_split_bn(module: nn.Module, splits: int) -> nn.Module:
         else:
             convert_split_bn(child, splits)
     return module
+
+
+@contextlib.contextmanager
+def splits_set(module: nn.Module, splits: int) -> Iterator[None]:
+    """Inside: every split BatchNorm of ``module`` uses ``splits`` groups (1: plain
+    BatchNorm), e.g. while a micro-batch that is itself one group runs through it."""
+    found = [m for m in module.modules() if isinstance(m, _SplitBN)]
+    saved = [m.splits for m in found]
+    for m in found:
+        m.splits = int(splits)
+    try:
+        yield
+    finally:
+        for m, s in zip(found, saved):
+            m.splits = s

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
-from torch import nn
 from torch.profiler import record_function
 
 from sslkit import distributed as dist_utils
@@ -30,10 +29,10 @@ from sslkit.io.checkpoint import (load_checkpoint_with_fallback, load_into, save
                                   training_state)
 from sslkit.io.rundir import check_run_dir, compare_resume_config, open_run_dir
 from sslkit.knn import knn_accuracy
-from sslkit.methods import build_method
 from sslkit.methods.resolve import feature_dim, resolved, resolved_pair
 from sslkit.train.lifecycle import (Lifecycle, StopSignals, Verdict, agree, agree_on,
                                     explain_lost_process, signal_name, together)
+from sslkit.train.model import training_model
 from sslkit.train.metrics import (TB_EVAL, TB_ONLINE, TB_TRAIN, MetricsLog, Progress, Summary,
                                   print_summary)
 from sslkit.train.online_probe import OnlineProbe
@@ -119,17 +118,9 @@ class Trainer:
 
     def _build_model(self) -> None:
         cfg = self.cfg
-        method = build_method(cfg)
-        if self.distributed and cfg.method.sync_bn:
-            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
-        method = method.to(self.device)
-        if cfg.run.channels_last:
-            method = method.to(memory_format=torch.channels_last)
-        self.method = method
-        self.model = method
-        if self.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = nn.parallel.DistributedDataParallel(method, device_ids=ids)
+        built = training_model(cfg, self.device, self.distributed, self.local_batch, self.world)
+        self.method, self.model, self.model_lines = built.method, built.model, built.lines
+        method = self.method
         self.probe = None
         if cfg.eval.online_probe:
             classes = int(getattr(self.train_set, "num_classes", 0) or 0)
@@ -420,7 +411,8 @@ def pretrain(cfg: Config, resume: bool = False, overwrite: bool = False,
         if trainer.main:
             choice = trainer.precision_choice
             for line in [*header, f"compute: {trainer.device.type}, {choice.precision} "
-                                  f"({choice.reason})", *([choice.note] if choice.note else [])]:
+                                  f"({choice.reason})", *([choice.note] if choice.note else []),
+                         *trainer.model_lines]:
                 print(line, flush=True)
         if trainer.start_step >= trainer.total_steps:
             if trainer.main:

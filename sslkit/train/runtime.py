@@ -237,3 +237,31 @@ def set_rng_state(state: dict) -> None:
 def params_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values()
                if t.is_floating_point())
+
+
+def compile_with_fallback(module: nn.Module, label: str) -> None:
+    """``torch.compile`` ``module`` in place (``nn.Module.compile``: its state-dict keys stay
+    plain, no ``_orig_mod.``), falling back to eager with one ``note:`` line when compilation
+    fails at the first call (no C++ compiler, an unsupported op, an old torch)."""
+    eager = module._call_impl
+    compiled = torch.compile(eager)
+    state = {"compiled": None}
+
+    def call(*args, **kwargs):
+        if state["compiled"] is False:
+            return eager(*args, **kwargs)
+        try:
+            out = compiled(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - any compiler failure: run eagerly instead
+            if state["compiled"]:
+                raise  # it compiled before: a real error of the computation
+            state["compiled"] = False
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            if dist_utils.is_main_process():
+                print(f"note: torch.compile of the {label} failed ({type(e).__name__}: "
+                      f"{reason}); it runs eagerly", flush=True)
+            return eager(*args, **kwargs)
+        state["compiled"] = True
+        return out
+
+    module._compiled_call_impl = call

@@ -4,6 +4,9 @@
     -> non-finite guard -> backward (GradScaler) -> [gradient clip] -> optimizer step
     -> [online probe] -> LR schedule step -> momentum (EMA) update
 
+With ``train.micro_batch`` the forward and backward run N images at a time
+(:mod:`sslkit.train.microbatch`) and the gradients are all-reduced once over the processes.
+
 :class:`TrainStep` holds what a step needs (the method and its DDP wrapper, the optimizer,
 LR scheduler, GradScaler, online probe, the input's ``to_views``) and nothing of the loop
 around it (data order, logging, checkpoints: :mod:`sslkit.train.engine`). Each phase runs inside a
@@ -26,6 +29,7 @@ from sslkit import distributed as dist_utils
 from sslkit.config import Config
 from sslkit.errors import UserError
 from sslkit.train.optim import cosine_momentum
+from sslkit.train.microbatch import all_reduce_grads, micro_step
 from sslkit.train.runtime import autocast
 
 # The profiler ranges of a step, in order (``sslkit.data`` is the engine's wait for a batch).
@@ -69,6 +73,7 @@ class TrainStep:
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.to_views, self.device, self.precision = to_views, device, precision
         self.total_steps, self.steps_per_epoch, self.probe = total_steps, steps_per_epoch, probe
+        self.micro_batch = cfg.train.micro_batch
         self.skipped = 0
 
     def momentum(self, step: int) -> float:
@@ -85,16 +90,25 @@ class TrainStep:
                 view2 = view2.contiguous(memory_format=torch.channels_last)
         return self.step_on_views(view1, view2, labels, step)
 
+    def _backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
     def step_on_views(self, view1: torch.Tensor, view2: torch.Tensor, labels: torch.Tensor,
                       step: int) -> StepResult:
         cfg = self.cfg
         saved = ([b.detach().clone() for b in self.method.buffers()]
                  if cfg.train.nan_policy == "skip" else None)
-        with record_function("sslkit.forward"), autocast(self.device, self.precision):
-            loss, stats = self.model(view1, view2)
+        self.optimizer.zero_grad(set_to_none=True)
+        micro = self.micro_batch if self.micro_batch and self.micro_batch < view1.shape[0] else 0
+        with record_function("sslkit.forward"):
+            if micro:  # forward and backward, N images at a time (sslkit.train.microbatch)
+                loss, stats = micro_step(self.method, view1, view2, micro, self._backward,
+                                         self.device, self.precision)
+            else:
+                with autocast(self.device, self.precision):
+                    loss, stats = self.model(view1, view2)
         # the mean over ranks: a NaN anywhere stops (or skips) every rank alike
         loss_value = float(dist_utils.all_reduce_mean(loss.detach().float()))
-        self.optimizer.zero_grad(set_to_none=True)
         finite = math.isfinite(loss_value)
         if not finite:
             if cfg.train.nan_policy == "stop":
@@ -108,7 +122,10 @@ class TrainStep:
             self.skipped += 1
         else:
             with record_function("sslkit.backward"):
-                self.scaler.scale(loss).backward()
+                if micro:  # the gradients are there: one all-reduce over the processes
+                    all_reduce_grads(list(self.method.parameters()))
+                else:
+                    self._backward(loss)
             with record_function("sslkit.optimizer"):
                 if cfg.optim.grad_clip is not None:
                     self.scaler.unscale_(self.optimizer)
