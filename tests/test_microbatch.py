@@ -238,3 +238,23 @@ def test_compiled_backbones_give_the_eager_loss_and_plain_file_names(tmp_path):
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k].float(), b["model"][k].float(), rtol=1e-3,
                                    atol=1e-4)
+
+
+def test_resume_across_micro_batches_checkpointing_and_compile_is_exact(tmp_path, monkeypatch):
+    """How a step runs is not part of the run: a run stopped after 2 steps resumes with
+    micro-batches, grad checkpointing and compile (here failing to compile, so eager) to the
+    weights of the run that never stopped (a ViT: every switch computes the same step)."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: (_ for _ in ()).throw(RuntimeError))
+    items = tiny_overrides(tmp_path / "run", extra=[*VIT, "eval.knn_every=0", "train.max_steps=4",
+                                                    "train.checkpoint_every_steps=1",
+                                                    "run.tensorboard=false"])
+    whole = Trainer(resolved(config.load(None, [*items, f"run.output_dir={tmp_path / 'ref'}"])))
+    whole.fit()
+    first = Trainer(resolved(config.load(None, items)))
+    first.fit(stop_after_steps=2)
+    switched = resolved(config.load(None, [*items, "train.micro_batch=4", "run.compile=true",
+                                           "model.grad_checkpointing=true"]))
+    second = Trainer(switched, resume=True)
+    assert second.start_step == 2
+    second.fit()
+    assert_same_state(whole.method.state_dict(), second.method.state_dict())

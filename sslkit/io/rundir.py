@@ -19,6 +19,8 @@ EARLY_FILES = ("config.yaml", "metrics.jsonl", "tb", "checkpoints")
 # keys whose change makes a checkpoint unusable for --resume
 STRUCTURAL = ("data.name", "data.channels", "data.image_size", "model", "method", "batchformer",
               "optim.name", "train.batch_size")
+# keys under those that change how the step runs, not what it computes or the model's shape
+HOW_IT_RUNS = ("model.grad_checkpointing",)
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -103,8 +105,8 @@ def auto_resume_mode(out: Path, given: dict, saved: dict | None, given_source: s
 def _structural_change(old_cfg: dict, new_cfg: dict) -> tuple[str, object, object] | None:
     old, new = flatten(old_cfg), flatten(new_cfg)
     for k in new:
-        if old.get(k, new[k]) != new[k] and any(k == s or k.startswith(s + ".")
-                                                for s in STRUCTURAL):
+        if old.get(k, new[k]) != new[k] and k not in HOW_IT_RUNS and any(
+                k == s or k.startswith(s + ".") for s in STRUCTURAL):
             return k, old[k], new[k]
     return None
 

@@ -244,7 +244,18 @@ def compile_with_fallback(module: nn.Module, label: str) -> None:
     plain, no ``_orig_mod.``), falling back to eager with one ``note:`` line when compilation
     fails at the first call (no C++ compiler, an unsupported op, an old torch)."""
     eager = module._call_impl
-    compiled = torch.compile(eager)
+
+    def fall_back(e: Exception) -> None:
+        reason = (str(e).strip().splitlines() or [""])[0][:160]
+        if dist_utils.is_main_process():
+            print(f"note: torch.compile of the {label} failed ({type(e).__name__}"
+                  f"{': ' + reason if reason else ''}); it runs eagerly", flush=True)
+
+    try:
+        compiled = torch.compile(eager)
+    except Exception as e:  # noqa: BLE001 - no compiler at all: eager
+        fall_back(e)
+        return
     state = {"compiled": None}
 
     def call(*args, **kwargs):
@@ -256,10 +267,7 @@ def compile_with_fallback(module: nn.Module, label: str) -> None:
             if state["compiled"]:
                 raise  # it compiled before: a real error of the computation
             state["compiled"] = False
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            if dist_utils.is_main_process():
-                print(f"note: torch.compile of the {label} failed ({type(e).__name__}: "
-                      f"{reason}); it runs eagerly", flush=True)
+            fall_back(e)
             return eager(*args, **kwargs)
         state["compiled"] = True
         return out
