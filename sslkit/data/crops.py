@@ -337,3 +337,6 @@ class SeededSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self.sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)

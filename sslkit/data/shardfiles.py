@@ -107,9 +107,9 @@ def cache_dir() -> str:
 
 
 def staged_name(url: str) -> str:
-    """The cache file of a remote shard: a hash of its URL plus its last name."""
-    tail = re.sub(r"[^A-Za-z0-9._-]+", "_", url.rstrip("/ ").split("/")[-1].split()[-1])[-60:]
-    return f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{tail}"
+    """The cache file of a remote shard: a hash of its URL plus the last ``.tar`` name in it."""
+    names = re.findall(r"[A-Za-z0-9_.-]+\.tar\b", url)
+    return f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{names[-1] if names else 'shard.tar'}"
 
 
 def stage(source: str, names: list[str], opener: Callable[[str], object]) -> list[str]:

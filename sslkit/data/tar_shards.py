@@ -189,7 +189,7 @@ def read_shards(names: list[str], root_names: list[str], load_size: int, channel
     :class:`TarShards`; ``root_names`` (the training shards) are where ``classes.txt`` is
     looked for after the split's own folder."""
     wds = webdataset_module()
-    paths = stage("webdataset", names, lambda url: wds.gopen.gopen(url, "rb"))
+    paths = stage("webdataset", names, lambda url: wds.gopen(url, "rb"))
     shard, offset, size, labels = [], [], [], []
     for k, path in enumerate(paths):
         o, s, y = _index_shard(path, wds.tariterators.base_plus_ext)
