@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from sslkit.data.datasets import build_dataset
 from sslkit.data.encoded import EncodedImages
+from sslkit.data.imagefolder import IMG_EXTENSIONS
 from sslkit.data.parquet_files import pyarrow_module
 from sslkit.data.tar_shards import CLASSES_FILE, webdataset_module
 from sslkit.errors import DataError, OneLineParser, UserError, guard
@@ -173,8 +174,10 @@ def _splits(dataset: str, src: str, class_list: Optional[str]) -> list[tuple[str
     has one."""
     kw = dict(image_size=224, class_list=class_list)
     out = [("train", build_dataset(dataset, src, "pretrain", **kw))]
-    if dataset == "imagefolder" and not os.path.isdir(os.path.join(src, "val")):
-        return out
+    val = os.path.join(src, "val")
+    if dataset == "imagefolder" and not any(
+            f.lower().endswith(IMG_EXTENSIONS) for _, _, files in os.walk(val) for f in files):
+        return out  # no val/ folder, or one without images
     try:
         out.append(("val", build_dataset(dataset, src, "test", **kw)))
     except DataError as e:
@@ -188,9 +191,8 @@ def _check_out(out: str) -> None:
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"OUT '{out}' is a file; give a new or empty folder")
     if os.path.isdir(out) and os.listdir(out):
-        raise UserError(f"OUT '{out}' is not empty ({len(os.listdir(out))} entries); give a new "
-                        f"or empty folder, so that no file of another dataset is mixed in or "
-                        f"overwritten")
+        raise UserError(f"OUT '{out}' is not empty; give a new or empty folder, so that no "
+                        f"file of another dataset is mixed in or overwritten")
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise UserError(f"OUT '{out}' cannot be created: '{parent}' does not exist")
