@@ -16,7 +16,7 @@ views of a batch of 256, on the training device:
 * sslkit with ``data.decode_device=cuda`` (GPU only): the workers read bytes, nvjpeg decodes;
 * sslkit reading the same images from WebDataset shards and from Parquet files (the same
   pipeline; written once by ``python -m sslkit.data.shards``, 1000 images a shard, Parquet
-  row groups of 100): a second table, ImageFolder / WebDataset / Parquet side by side.
+  row groups of 16): a second table, ImageFolder / WebDataset / Parquet side by side.
 
 Same workers, batch and image size for all. Each pipeline is timed over whole epochs of the
 folder, alternating (reference, sslkit, reference, ...), each from starting its workers to

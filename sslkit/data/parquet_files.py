@@ -18,9 +18,10 @@ naming, also under its ``data/`` folder; or a ``save_to_disk`` folder, of a ``Da
 At start only the footers and the label column are read. Item i is row i over the files in
 order; reading it reads its row group's image column (Parquet) or maps its record batch
 (Arrow, memory-mapped), and each loader worker keeps the last :data:`GROUPS_KEPT` groups:
-sequential reads (evaluation) read each group once, random ones (pretraining) read a whole
-group per image, so write row groups of about 100 images (``datasets``' own size for images,
-and sslkit's writer's).
+sequential reads (evaluation) read each group once, but random ones (pretraining) read and
+decompress a whole group per image. The ``datasets`` library writes groups of 100 images
+(about 11 MB at ImageNet's sizes; measured 1.4 ms per random read of 100 images of 43 KB,
+beside about 6 ms to decode and crop one); sslkit's writer writes 16.
 """
 from __future__ import annotations
 

@@ -21,11 +21,11 @@ the numbers. A sample without ``cls`` is unlabelled (-1: pretraining only).
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tarfile
 from collections import OrderedDict
-from typing import Optional
 
 import numpy as np
 import torch
@@ -53,13 +53,21 @@ def webdataset_module():
 
 
 def _index_shard(path: str, base_plus_ext) -> tuple[list[int], list[int], list[int]]:
-    """``(offsets, sizes, labels)`` of the images of the samples of one shard, in tar order."""
+    """``(offsets, sizes, labels)`` of the images of the samples of one shard, in tar order
+    (remembered for the process while the file keeps its size and time: a run reads its
+    training shards for pretraining and again for the online kNN's bank)."""
+    st = os.stat(path)
+    return _index_unchanged(path, st.st_size, st.st_mtime_ns, base_plus_ext)
+
+
+@functools.lru_cache(maxsize=4096)
+def _index_unchanged(path: str, size: int, mtime_ns: int, base_plus_ext
+                     ) -> tuple[list[int], list[int], list[int]]:
     with open(path, "rb") as fh:
         if fh.read(2) == b"\x1f\x8b":
             raise DataError(f"webdataset: shard '{path}' is compressed (gzip); random access "
                             f"needs uncompressed .tar shards: gunzip it, or write the shards "
                             f"with python -m sslkit.data.shards")
-    size = os.path.getsize(path)
     offsets, sizes, labels = [], [], []
     key, fields, last = None, {}, "(none: the first header)"
 
