@@ -185,7 +185,7 @@ def _splits(dataset: str, src: str, class_list: Optional[str]) -> list[tuple[str
     except DataError as e:
         if dataset == "imagefolder":
             raise
-        print(f"note: no evaluation split written ({e})")
+        print(f"note: the training split only; the evaluation split could not be read: {e}")
     return out
 
 
