@@ -184,6 +184,68 @@ def test_mid_epoch_start_is_the_tail_of_the_epoch_with_workers(tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(whole[2:], tail)), name
 
 
+def test_device_decode_path_reads_shards(tmp_path):
+    """data.decode_device=cuda's path (the workers read bytes, the batch is decoded and cut on
+    the device), run on the CPU: the same boxes and nearly the same views as the PIL path;
+    an undecodable image is named by its shard and member."""
+    from sslkit.data.crops import EncodedTwoCropDataset, decode_views, sample_seed
+
+    base = build_dataset("webdataset", write_wds(tmp_path / "s", n=6, per_shard=5), "train")
+    enc, cpu = EncodedTwoCropDataset(base, SPEC), TwoCropDataset(base, SPEC)
+    keys = [(i, sample_seed(0, 0, i)) for i in range(6)]
+    batch = enc.collate([enc.load(k)[0] for k in keys])
+    assert batch.names[5].endswith("train-000001.tar:000005.jpg")
+    (d1, d2), fallbacks, _ = decode_views(batch, 16, torch.device("cpu"), source="webdataset")
+    r1, r2 = cpu.collate([cpu.load(k)[0] for k in keys])
+    assert fallbacks == 0 and (d1.float() - r1.float()).abs().mean() < 3.0
+    batch.data[0] = torch.frombuffer(bytearray(b"\xff\xd8\xff" + b"\x00" * 64), dtype=torch.uint8)
+    with pytest.raises(DataError, match=r"webdataset: cannot decode image '.*000000.tar:000000.jpg'"):
+        decode_views(batch, 16, torch.device("cpu"), source="webdataset")
+
+
+def test_a_new_source_of_encoded_images_takes_the_whole_input_path(tmp_path):
+    """A source is its registration plus an EncodedImages (length, read, where, subset): the
+    pretraining input, its crops of the whole image and the preview take it unchanged."""
+    from sslkit.data import SOURCES, DatasetInfo, EncodedImages, register_dataset
+    from sslkit.methods import resolved
+    from sslkit.views.pipeline import build_pretrain_input
+
+    class InMemoryFiles(EncodedImages):
+        def __init__(self, blobs, labels):
+            super().__init__("toy_files", labels, ["x", "y"], load_size=18)
+            self.blobs = blobs
+
+        def __len__(self):
+            return len(self.blobs)
+
+        def read(self, i):
+            return self.blobs[i]
+
+        def where(self, i):
+            return f"blob {i}"
+
+        def subset(self, indices):
+            return InMemoryFiles([self.blobs[int(i)] for i in indices], self.labels[indices])
+
+    @register_dataset("toy_files", DatasetInfo(None, 3, None, (0.5,) * 3, (0.25,) * 3,
+                                               yields="files"))
+    def _toy(req):
+        return InMemoryFiles([photo_bytes(k) for k in range(8)], [k % 2 for k in range(8)])
+
+    try:
+        cfg = resolved(config.build({}, ["data.name=toy_files", "data.image_size=16",
+                                         "data.num_workers=0", "train.batch_size=4",
+                                         "method.queue_size=8", "method.bn_splits=1"]))
+        pipe = build_pretrain_input(cfg, torch.device("cpu"))
+        (views, labels) = next(iter(pipe.loader))
+        v1, v2 = pipe.to_views(views)
+        assert v1.shape == v2.shape == (4, 3, 16, 16) and labels.tolist() != []
+        originals, p1, _ = pipe.preview([0, 1])
+        assert originals.shape == p1.shape == (2, 3, 16, 16)
+    finally:
+        SOURCES.pop("toy_files", None)
+
+
 # --------------------------------------------------------------------------- errors
 def _truncated(tmp_path: Path) -> str:
     write_wds(tmp_path / "s", n=12, per_shard=5)
