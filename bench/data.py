@@ -1,4 +1,5 @@
-"""ImageFolder training input, side by side in one run (rows go to docs/benchmarks.md).
+"""ImageFolder and shard training input, side by side in one run (rows go to
+docs/benchmarks.md).
 
 Images/s of what a pretraining step needs from an image folder, the two normalised 224 px
 views of a batch of 256, on the training device:
@@ -12,7 +13,10 @@ views of a batch of 256, on the training device:
   crops allow) and cut both views' crops of the whole image; on a CPU device they also apply
   each view's photometric ops (``sslkit.views.photometric``) and the main process normalises, on a
   GPU the photometric part runs batched there (kornia);
-* sslkit with ``data.decode_device=cuda`` (GPU only): the workers read bytes, nvjpeg decodes.
+* sslkit with ``data.decode_device=cuda`` (GPU only): the workers read bytes, nvjpeg decodes;
+* sslkit reading the same images from WebDataset shards and from Parquet files (the same
+  pipeline; written once by ``python -m sslkit.data.shards``, 1000 images a shard, Parquet
+  row groups of 16): a second table, ImageFolder / WebDataset / Parquet side by side.
 
 Same workers, batch and image size for all. Each pipeline is timed over whole epochs of the
 folder, alternating (reference, sslkit, reference, ...), each from starting its workers to
@@ -26,8 +30,9 @@ alternating rounds.
 The input is a generated folder of JPEGs at ImageNet-like sizes (500x375 and 375x500,
 quality 90), made once under --folder.
 
-    python bench/data.py                       # CPU, 2 workers (~5 min on 2 cores)
+    python bench/data.py                       # CPU, 2 workers (~8 min on 2 cores)
     python bench/data.py --device cuda --workers 8
+    python bench/data.py --images 64 --batch 16 --repeats 1 --decode-images 8 --no-write  # smoke
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import machine, sync, torch_kornia_versions, write_rows  # noqa: E402
 from sslkit import config  # noqa: E402
 from sslkit.data.crops import CropSpec, decode_two_views, draw_views  # noqa: E402
+from sslkit.data.shards import convert  # noqa: E402
 from sslkit.methods import resolved  # noqa: E402
 from sslkit.train.runtime import share_cores_with_workers  # noqa: E402
 from sslkit.views.pipeline import build_pretrain_input  # noqa: E402
@@ -64,6 +70,10 @@ DECODE_SECTION = "## ImageFolder decode + two crops, one process (`bench/data.py
 DECODE_HEADER = ("| date | machine | size | reference (PIL decode, 2x resized_crop) ms/img "
                  "| PIL + reduced-size decode ms/img | decode_jpeg + interpolate ms/img |\n"
                  "|---|---|---|---|---|---|")
+SHARDS_SECTION = "## Shards input: ImageFolder, WebDataset, Parquet (`bench/data.py`)"
+SHARDS_HEADER = ("| date | machine | device | workers | batch | size | ImageFolder img/s "
+                 "| WebDataset img/s | ratio | Parquet img/s | ratio |\n"
+                 "|---|---|---|---|---|---|---|---|---|---|---|")
 OPS_SECTION = "## ImageFolder photometric ops per view, one process (`bench/data.py`)"
 OPS_HEADER = ("| date | machine | size | op | reference (PIL / torchvision) ms | sslkit loader "
               "ms |\n|---|---|---|---|---|---|")
@@ -111,9 +121,22 @@ def reference_loader(folder: Path, size: int, batch: int, workers: int, pin: boo
                                        drop_last=True, pin_memory=pin, prefetch_factor=4)
 
 
-def sslkit_config(folder: Path, size: int, batch: int, workers: int, decode: str):
+def make_shards(folder: Path, n: int) -> dict[str, Path]:
+    """The folder's training images as WebDataset shards and Parquet files (written once,
+    beside it, by sslkit's writer: the same bytes)."""
+    out = {}
+    for fmt in ("webdataset", "parquet"):
+        dest = folder.parent / f"{folder.name}_{fmt}_{n}"
+        if not dest.is_dir():
+            convert(str(folder), str(dest), fmt, shard_size=1000, progress=False)
+        out[fmt] = dest
+    return out
+
+
+def sslkit_config(folder: Path, size: int, batch: int, workers: int, decode: str,
+                  name: str = "imagefolder"):
     return resolved(config.load(None, [
-        "data.name=imagefolder", f"data.root={folder}", f"data.image_size={size}",
+        f"data.name={name}", f"data.root={folder}", f"data.image_size={size}",
         f"data.num_workers={workers}", f"train.batch_size={batch}", "augment.preset=mocov2",
         f"data.decode_device={decode}", "method.queue_size=65536", "run.seed=0"]))
 
@@ -130,7 +153,9 @@ def block(kind: str, args, device: torch.device) -> float:
             return v1.to(device, non_blocking=True), v2.to(device, non_blocking=True)
     else:
         decode = "cuda" if kind == "nvjpeg" else "cpu"
-        cfg = sslkit_config(args.folder, args.size, args.batch, args.workers, decode)
+        name = kind if kind in ("webdataset", "parquet") else "imagefolder"
+        root = args.shards[name] if name != "imagefolder" else args.folder
+        cfg = sslkit_config(root, args.size, args.batch, args.workers, decode, name)
         pipe = build_pretrain_input(cfg, device)
         loader = pipe.loader
         # the threads a run leaves its main process beside the workers (sslkit.train.engine)
@@ -272,7 +297,9 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device(args.device)
     make_folder(args.folder, args.images)
-    kinds = ["reference", "sslkit"] + (["nvjpeg"] if device.type == "cuda" else [])
+    args.shards = make_shards(args.folder, args.images)
+    kinds = (["reference", "sslkit"] + (["nvjpeg"] if device.type == "cuda" else [])
+             + ["webdataset", "parquet"])
     rates: dict[str, list[float]] = {k: [] for k in kinds}
     for r in range(args.repeats):
         for kind in kinds:
@@ -285,13 +312,18 @@ def main() -> None:
     row = (f"| {date} | {machine(device)} | {device.type} | {torch_kornia_versions()} | "
            f"{args.workers} | {args.batch} | {args.size} | {ref:.0f} | {med['sslkit']:.0f} | "
            f"{med['sslkit'] / ref:.2f}x | {nv} |")
+    srow = (f"| {date} | {machine(device)} | {device.type} | {args.workers} | {args.batch} | "
+            f"{args.size} | {med['sslkit']:.0f} | {med['webdataset']:.0f} | "
+            f"{med['webdataset'] / med['sslkit']:.2f}x | {med['parquet']:.0f} | "
+            f"{med['parquet'] / med['sslkit']:.2f}x |")
     dref, dpil, dtv = decode_times(args.folder, args.size, args.decode_images)
     drow = (f"| {date} | {machine()} | {args.size} | {dref:.2f} | {dpil:.2f} | {dtv:.2f} |")
     orows = [f"| {date} | {machine()} | {args.size} | {name} | {ref:.2f} | {ours:.2f} |"
              for name, ref, ours in op_times(args.folder, args.size, args.decode_images)]
-    print(row, drow, *orows, sep="\n")
+    print(row, srow, drow, *orows, sep="\n")
     if not args.no_write:
         write_rows(SECTION, HEADER, [row])
+        write_rows(SHARDS_SECTION, SHARDS_HEADER, [srow])
         write_rows(DECODE_SECTION, DECODE_HEADER, [drow])
         write_rows(OPS_SECTION, OPS_HEADER, orows)
 

@@ -56,7 +56,8 @@ def main() -> int:
             print(f"{case.id}: exit code {code}, expected 2", file=sys.stderr)
             return 1
         script = {"pretrain": "run_pretrain.py", "lincls": "run_lincls.py",
-                  "export": "python -m sslkit.export"}[case.script]
+                  "export": "python -m sslkit.export",
+                  "shards": "python -m sslkit.data.shards"}[case.script]
         rows.append(f"| `{case.id}` | {case.family} | {case.input} ({script}) | `{line}` |")
     out = ROOT / "docs" / "errors.md"
     out.write_text(HEADER + "\n".join(rows) + "\n")

@@ -26,7 +26,7 @@ class Case:
     input: str                                   # what the user did (for the docs)
     build: Callable[[Path], list[str]]           # -> argv (after the script name)
     fragments: tuple[str, ...]                   # must appear in the error line
-    script: str = "pretrain"                     # "pretrain", "lincls" or "export"
+    script: str = "pretrain"                     # "pretrain", "lincls", "export", "shards"
     needs_no_gpu: bool = False
     lazy: bool = False  # found while training (e.g. a corrupt image): the new run directory
                         # may have been started; files that existed before stay unchanged
@@ -87,6 +87,57 @@ def _corrupt_image(tmp: Path) -> list[str]:
     (tmp / "imgs" / "train" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     return _sets(tmp, "data.name=imagefolder", f"data.root={tmp / 'imgs'}",
                  "train.batch_size=8", "method.queue_size=64")
+
+
+def _shards(tmp: Path, n: int = 12, bad: dict | None = None) -> str:
+    """WebDataset shards (webdataset's ShardWriter, 5 samples each) under tmp/s; ``bad``
+    replaces sample keys' dicts."""
+    import webdataset as wds  # optional extra (in .[dev]): only the shard cases need it
+
+    from helpers_shards import samples
+    (tmp / "s").mkdir()
+    with wds.ShardWriter(str(tmp / "s" / "train-%06d.tar"), maxcount=5, verbose=0) as sink:
+        for s in samples(n):
+            sink.write((bad or {}).get(s["__key__"], s))
+    return str(tmp / "s" / f"train-{{000000..{(n - 1) // 5:06d}}}.tar")
+
+
+def _shard_sets(tmp: Path, root: str, *items: str) -> list[str]:
+    return _sets(tmp, "data.name=webdataset", f"data.root={root}", "train.batch_size=8",
+                 "method.queue_size=64", *items)
+
+
+def _truncated_shard(tmp: Path) -> list[str]:
+    root = _shards(tmp)
+    shard = tmp / "s" / "train-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:3000])
+    return _shard_sets(tmp, root)
+
+
+def _sample_without_image(tmp: Path) -> list[str]:
+    return _shard_sets(tmp, _shards(tmp, bad={"000003": {"__key__": "000003", "txt": "a cat",
+                                                         "cls": 0}}))
+
+
+def _corrupt_in_shard(tmp: Path) -> list[str]:
+    from helpers_shards import photo_bytes
+    root = _shards(tmp, 16, bad={"000002": {"__key__": "000002", "jpg": photo_bytes(2)[:40],
+                                            "cls": 2}})
+    return _shard_sets(tmp, root)
+
+
+def _parquet_no_image_column(tmp: Path) -> list[str]:
+    from helpers_shards import write_parquet
+    write_parquet(tmp / "pq" / "train-00000-of-00001.parquet", 0, 4, image_column="picture")
+    return _sets(tmp, "data.name=parquet", f"data.root={tmp / 'pq'}")
+
+
+def _shards_out_not_empty(tmp: Path) -> list[str]:
+    for i in range(2):
+        _png(tmp / "imgs" / "train" / "a" / f"{i}.png")
+    (tmp / "out").mkdir()
+    (tmp / "out" / "notes.txt").write_text("mine")
+    return [str(tmp / "imgs"), str(tmp / "out"), "--format", "webdataset"]
 
 
 def _class_list_escape(tmp: Path) -> list[str]:
@@ -386,6 +437,30 @@ CASES: list[Case] = [
          _corrupt_image, ("broken.png", "data.skip_corrupt"), lazy=True),
     Case("class-list-escape", "data", "a class list naming `../../etc`", _class_list_escape,
          ("../../etc",)),
+    Case("shards-no-match", "data", "`--set data.name=webdataset "
+         "data.root=<tmp>/train-{000000..000009}.tar` (no such files)",
+         lambda tmp: _sets(tmp, "data.name=webdataset",
+                           f"data.root={tmp / 'train-{000000..000009}.tar'}"),
+         ("no file matches data.root",)),
+    Case("shards-truncated", "data", "a truncated WebDataset shard", _truncated_shard,
+         ("train-000001.tar' is truncated or corrupt after member",)),
+    Case("shards-no-image", "data", "a WebDataset sample without an image (`txt` and `cls` "
+         "only)", _sample_without_image,
+         ("sample '000003'", "has no image field", "its fields are cls, txt")),
+    Case("shards-corrupt-image", "data", "a WebDataset shard holding an undecodable JPEG",
+         _corrupt_in_shard, ("train-000000.tar:000002.jpg", "data.skip_corrupt"), lazy=True),
+    Case("shards-no-val", "data", "WebDataset shards with the online kNN but no "
+         "`data.val_root`", lambda tmp: _shard_sets(tmp, _shards(tmp), "eval.knn_every=1"),
+         ("set data.val_root", "eval.knn_every=0")),
+    Case("parquet-no-image-column", "data", "a Parquet file without the `image` column",
+         _parquet_no_image_column, ("has no column 'image'", "its columns are picture, label",
+                                    "data.image_column")),
+    Case("webdataset-missing", "names", "`--set data.name=webdataset` without the "
+         "webdataset package", lambda tmp: _sets(tmp, "data.name=webdataset",
+                                                 f"data.root={tmp}"),
+         ("pip install", ".[webdataset]"), hide_modules=("webdataset",)),
+    Case("shards-out-not-empty", "output", "`python -m sslkit.data.shards SRC OUT` into a "
+         "non-empty OUT", _shards_out_not_empty, ("is not empty",), script="shards"),
     # output directory
     Case("output-is-file", "output", "`run.output_dir` is a regular file", _output_is_file,
          ("is a file, not a directory",)),

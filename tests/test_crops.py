@@ -153,7 +153,7 @@ def test_device_decode_path_on_the_cpu(tmp_path):
     r1, r2 = cpu.collate([cpu.load(k)[0] for k in keys])
     for d, r in ((d1, r1), (d2, r2)):
         assert (d.float() - r.float()).abs().mean() < 3.0
-    names = [Path(p).name for p in batch.paths]
+    names = [Path(p).name for p in batch.names]
     assert {"png.png", "cmyk.jpg", "gray.jpg"} <= set(names)
 
 
@@ -179,7 +179,7 @@ def test_bad_files_one_line_or_skip(tmp_path):
     with pytest.raises(DataError, match="cannot decode image"):
         decode_views(batch, 32, torch.device("cpu"))
     (v1, _), _, skipped = decode_views(batch, 32, torch.device("cpu"), skip_corrupt=True)
-    assert skipped == [batch.paths[0]] and torch.equal(v1[0], v1[1])
+    assert skipped == [batch.names[0]] and torch.equal(v1[0], v1[1])
 
 
 @pytest.mark.gpu

@@ -6,6 +6,7 @@ import importlib
 import re
 import sys
 
+import pytest
 import yaml
 
 from conftest import ROOT
@@ -68,6 +69,23 @@ def test_timm_is_an_optional_extra_imported_lazily():
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                      [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n.split(".")[0] == "timm" for n in names), path
+
+
+@pytest.mark.parametrize("extra, module", [("webdataset", "webdataset"), ("parquet", "pyarrow")])
+def test_shard_readers_are_optional_extras_imported_lazily(extra, module):
+    """webdataset and pyarrow: their own extras, in dev and in environment.yml; imported only
+    inside the functions of the shard sources (sslkit works without them)."""
+    extras = _pyproject()["project"]["optional-dependencies"]
+    assert [_name(d) for d in extras[extra]] == [module]
+    assert extras[extra][0] in extras["dev"]
+    pip = next(d for d in yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]
+               if isinstance(d, dict))["pip"]
+    assert extras[extra][0] in pip
+    for path in [*(ROOT / "sslkit").rglob("*.py"), *(ROOT / "linear_eval").rglob("*.py")]:
+        for node in ast.parse(path.read_text()).body:
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] == module for n in names), path
 
 
 def test_console_scripts_resolve():

@@ -55,19 +55,35 @@ class RunConfig:
 @dataclass(frozen=True)
 class DataConfig:
     name: str = _f("fashion_mnist", help="a registered dataset (sslkit.data.register_dataset): "
-                   "fashion_mnist, cifar10, cifar100, stl10, imagefolder, synthetic")
-    root: str = _f("data")
+                   "fashion_mnist, cifar10, cifar100, stl10, imagefolder, webdataset, parquet, "
+                   "synthetic")
+    root: str = _f("data", help="where the data is: a folder (imagefolder: train/ and val/ "
+                   "class folders); webdataset: the training shards, a pattern as WebDataset "
+                   "writes it (train-{000000..000146}.tar, lists joined by '::', pipe: commands "
+                   "for object stores) or a folder of .tar files; parquet: a folder (the Hugging "
+                   "Face layout: train-*.parquet, or a datasets save_to_disk folder), a pattern "
+                   "or a file")
+    val_root: Optional[str] = _f(None, help="webdataset, parquet: the evaluation split's shards "
+                                 "or files, written like data.root (null: the validation files "
+                                 "of a data.root folder: val*/validation*)")
+    image_column: str = _f("image", help="parquet: the column of the images (structs with "
+                           "bytes and path, as the Hugging Face Image feature stores them, or "
+                           "binary)")
+    label_column: str = _f("label", help="parquet: the column of the integer class labels "
+                           "(missing: unlabelled images, pretraining only)")
     image_size: int = _f(32, ge=8, help="side of the augmented views")
-    load_size: Optional[int] = _f(None, ge=8, help="imagefolder: side the shorter edge is "
+    load_size: Optional[int] = _f(None, ge=8, help="image files (imagefolder, webdataset, "
+                                  "parquet): side the shorter edge is "
                                   "resized to for evaluation (Resize(256) + CenterCrop(224)), "
                                   "and the square of crop_from=square (null: "
                                   "image_size*256/224)")
     crop_from: Literal["original", "square"] = _f(
-        "original", help="imagefolder pretraining: random crops of the whole decoded image "
+        "original", help="image files (imagefolder, webdataset, parquet), pretraining: random "
+        "crops of the whole decoded image "
         "(original, the papers' recipe) or of a centre load_size square (square, for "
         "small-image folders)")
     decode_device: Literal["cpu", "cuda"] = _f(
-        "cpu", help="imagefolder, crop_from=original: decode JPEGs in the loader workers (cpu) "
+        "cpu", help="image files, crop_from=original: decode JPEGs in the loader workers (cpu) "
         "or in batches on the GPU with nvjpeg (cuda; the workers only read bytes)")
     channels: Literal[1, 3] = _f(3, help="1 or 3; grayscale data is repeated to 3 when 3")
     download: bool = _f(False)
@@ -77,9 +93,11 @@ class DataConfig:
                                     "keeps floor(n_max r^(-i/(C-1))) images (Cao et al. 2019); "
                                     "the test split stays whole")
     num_workers: int = _f(2, ge=0, help="loader processes for decoded-on-the-fly data "
-                          "(image folders); at most the CPU cores available are started")
+                          "(image folders, shards); at most the CPU cores available are "
+                          "started")
     class_list: Optional[str] = _f(None, help="imagefolder: file naming the classes to use")
-    skip_corrupt: bool = _f(False, help="imagefolder: skip undecodable images (logs a count)")
+    skip_corrupt: bool = _f(False, help="image files (imagefolder, webdataset, parquet): skip "
+                            "undecodable images (logs a count)")
     mean: Optional[list[float]] = _f(None, length=None)
     std: Optional[list[float]] = _f(None, gt=0)
     synthetic_classes: int = _f(10, ge=2)

@@ -8,7 +8,10 @@ on the training device (:mod:`sslkit.augment`); the CPU only decodes.
 * ``fashion_mnist``, ``cifar10``, ``cifar100``, ``stl10`` and ``synthetic`` are held in memory
   as one tensor per split (``.images`` ``(N, C, H, W)`` uint8, ``.labels`` ``(N,)`` int64), so
   :func:`build_loader` indexes whole batches in-process, without worker processes.
-* ``imagefolder`` decodes each file in DataLoader workers (:mod:`sslkit.data.imagefolder`).
+* ``imagefolder``, ``webdataset`` and ``parquet`` hold encoded images (an image folder's files,
+  tar shards, Parquet / Arrow files: :class:`~sslkit.data.encoded.EncodedImages`), decoded in
+  DataLoader workers (:mod:`sslkit.data.imagefolder`, :mod:`sslkit.data.tar_shards`,
+  :mod:`sslkit.data.parquet_files`); ``python -m sslkit.data.shards`` writes shards.
 
 Channels: ``channels=3`` repeats grayscale data (Fashion-MNIST) to three channels;
 ``channels=1`` converts RGB data to luma ``Y = 0.299 R + 0.587 G + 0.114 B`` (ITU-R BT.601,
@@ -27,7 +30,10 @@ CIFAR / STL-10 files), :mod:`~sslkit.data.synthetic`, :mod:`~sslkit.data.imagefo
 from sslkit.data.datasets import (SPLITS, InMemoryDataset, Request, build_dataset,
                                   dataset_from_config, stratified_subset)
 from sslkit.data.readers import DEBIAN_FASHION_MNIST, read_idx
+from sslkit.data.encoded import EncodedImages
 from sslkit.data.imagefolder import IMG_EXTENSIONS, ImageFolderDataset
+from sslkit.data.parquet_files import ParquetImages
+from sslkit.data.tar_shards import TarShards
 from sslkit.data.info import (IMAGENET_MEAN, IMAGENET_STD, LUMA, SOURCES, DatasetInfo,
                               dataset_info, normalization, register_dataset, resize_side,
                               source, to_channels)
@@ -36,7 +42,8 @@ from sslkit.data.loaders import (TensorBatchLoader, TrainSampler, WorkerLoader, 
 from sslkit.data.synthetic import synthetic_images
 
 __all__ = ["SOURCES", "SPLITS", "DEBIAN_FASHION_MNIST", "IMAGENET_MEAN", "IMAGENET_STD",
-           "IMG_EXTENSIONS", "LUMA", "DatasetInfo", "ImageFolderDataset", "InMemoryDataset",
+           "IMG_EXTENSIONS", "LUMA", "DatasetInfo", "EncodedImages", "ImageFolderDataset",
+           "InMemoryDataset", "ParquetImages", "TarShards",
            "Request", "TensorBatchLoader", "TrainSampler", "WorkerLoader", "build_dataset",
            "build_loader", "dataset_from_config", "dataset_info", "normalization", "read_idx",
            "register_dataset", "resize_side", "source", "stratified_subset",

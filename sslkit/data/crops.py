@@ -1,4 +1,6 @@
-"""Random-resized crops of the WHOLE decoded image, two views per image, in the loader.
+"""Random-resized crops of the WHOLE decoded image, two views per image, in the loader, for
+any source of encoded images (:class:`sslkit.data.encoded.EncodedImages`: ImageFolder,
+WebDataset shards, Parquet files).
 
 The MoCo recipes (facebookresearch/moco and moco-v3 ``main_moco.py``) apply torchvision's
 ``RandomResizedCrop`` and ``RandomHorizontalFlip`` to the original photo, once per view. Here
@@ -14,7 +16,7 @@ each image is decoded ONCE per step and both views are cut from it:
   the output size at that scale, then ``resize(box=...)`` crops and resizes in one antialiased
   bilinear pass, as torchvision's ``resized_crop`` does on a PIL image;
 * GPU decoding (``data.decode_device: cuda``, :class:`EncodedTwoCropDataset`): the workers only
-  read the file's bytes and its header size and draw the boxes; :func:`decode_views` decodes
+  read the image's bytes and its header size and draw the boxes; :func:`decode_views` decodes
   the batch with ``torchvision.io.decode_jpeg(..., device=...)`` (nvjpeg on CUDA), crops and
   resizes on the device (bilinear, antialiased); a file that decoder cannot read (PNG, CMYK or
   corrupt data) falls back to the CPU decoder and is counted.
@@ -41,7 +43,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler, default_collate
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from sslkit.data.imagefolder import ImageFolderDataset
+from sslkit.data.encoded import EncodedImages, open_image
 from sslkit.errors import DataError
 
 
@@ -144,12 +146,13 @@ def crop_views_pil(im: Image.Image, params: torch.Tensor, size: int, full: tuple
 Photometric = Callable[[tuple[torch.Tensor, torch.Tensor], int], tuple[torch.Tensor, torch.Tensor]]
 
 
-def decode_two_views(path: str, spec: CropSpec, seed: int, channels: int = 3,
+def decode_two_views(src, spec: CropSpec, seed: int, channels: int = 3,
                      photometric: Optional[Photometric] = None
                      ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Decode ``path`` once (at a reduced JPEG scale when the boxes allow) and cut its two
-    views, then ``photometric(views, seed)`` if given; returns ``((view1, view2), params)``."""
-    with Image.open(path) as im:
+    """Decode ``src`` (encoded bytes, or a file path) once (at a reduced JPEG scale when the
+    boxes allow) and cut its two views, then ``photometric(views, seed)`` if given; returns
+    ``((view1, view2), params)``."""
+    with open_image(src) as im:
         width, height = im.size
         params = draw_views(height, width, spec, seed)
         s = draft_scale(params, spec.size) if im.format == "JPEG" else 1
@@ -163,12 +166,12 @@ def decode_two_views(path: str, spec: CropSpec, seed: int, channels: int = 3,
 
 
 class TwoCropDataset(Dataset):
-    """Pretraining views of an ImageFolder, decoded on the CPU: ``load((index, seed))`` ->
-    ``((view1, view2) uint8 (C, S, S) each, label, skipped paths)`` (see the module
-    docstring), with ``photometric(views, seed)`` applied when given. Undecodable files
-    follow the base dataset's ``skip_corrupt`` rule."""
+    """Pretraining views of a source of encoded images, decoded on the CPU:
+    ``load((index, seed))`` -> ``((view1, view2) uint8 (C, S, S) each, label, skipped
+    names)`` (see the module docstring), with ``photometric(views, seed)`` applied when given.
+    Undecodable images follow the base dataset's ``skip_corrupt`` rule."""
 
-    def __init__(self, base: ImageFolderDataset, spec: CropSpec,
+    def __init__(self, base: EncodedImages, spec: CropSpec,
                  photometric: Optional[Photometric] = None):
         self.base, self.spec, self.photometric = base, spec, photometric
         self.labels = base.labels
@@ -179,8 +182,8 @@ class TwoCropDataset(Dataset):
 
     def load(self, key: tuple[int, int]):
         index, seed = key
-        views, label, skipped = self.base.first_decodable(
-            index, lambda path: decode_two_views(path, self.spec, seed, self.base.channels,
+        views, label, skipped, _ = self.base.first_decodable(
+            index, lambda data: decode_two_views(data, self.spec, seed, self.base.channels,
                                                  self.photometric)[0])
         return views, label, skipped
 
@@ -194,11 +197,11 @@ class TwoCropDataset(Dataset):
 
 @dataclass
 class EncodedBatch:
-    """A batch of undecoded files and their views' parameters (``data.decode_device: cuda``):
-    ``paths``, ``data`` (uint8 byte tensors) and ``params`` (B, 2, 5) ``[top, left, h, w,
-    flip]``."""
+    """A batch of undecoded images and their views' parameters (``data.decode_device: cuda``):
+    ``names`` (where each image came from, for messages), ``data`` (uint8 byte tensors) and
+    ``params`` (B, 2, 5) ``[top, left, h, w, flip]``."""
 
-    paths: list[str]
+    names: list[str]
     data: list[torch.Tensor]
     params: torch.Tensor
 
@@ -206,15 +209,16 @@ class EncodedBatch:
         return len(self.data)
 
 
-def read_encoded(path: str, spec: CropSpec, seed: int) -> tuple[str, torch.Tensor, torch.Tensor]:
-    """The file's path, bytes and views' parameters, from the header alone (no decode). A
-    non-image file, or a JPEG without its end-of-image marker (truncated), fails here."""
-    raw = np.fromfile(path, dtype=np.uint8)
-    with Image.open(io.BytesIO(raw.tobytes())) as im:  # reads the header only
+def read_encoded(data: bytes, spec: CropSpec, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image's bytes (a uint8 tensor) and views' parameters, from the header alone (no
+    decode). Non-image data, or a JPEG without its end-of-image marker (truncated), fails
+    here."""
+    with Image.open(io.BytesIO(data)) as im:  # reads the header only
         width, height, fmt = *im.size, im.format
-    if fmt == "JPEG" and b"\xff\xd9" not in raw[-4096:].tobytes():
+    if fmt == "JPEG" and b"\xff\xd9" not in data[-4096:]:
         raise OSError("truncated JPEG: no end-of-image marker")
-    return path, torch.from_numpy(raw), draw_views(height, width, spec, seed)
+    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return raw, draw_views(height, width, spec, seed)
 
 
 class EncodedTwoCropDataset(TwoCropDataset):
@@ -223,9 +227,9 @@ class EncodedTwoCropDataset(TwoCropDataset):
 
     def load(self, key: tuple[int, int]):
         index, seed = key
-        payload, label, skipped = self.base.first_decodable(
-            index, lambda path: read_encoded(path, self.spec, seed))
-        return payload, label, skipped
+        (raw, params), label, skipped, j = self.base.first_decodable(
+            index, lambda data: read_encoded(data, self.spec, seed))
+        return (self.base.where(j), raw, params), label, skipped
 
     @staticmethod
     def collate(payloads: list) -> EncodedBatch:
@@ -278,12 +282,14 @@ def _resized_crop(img: torch.Tensor, top: int, left: int, h: int, w: int, size: 
 
 
 def decode_views(batch: EncodedBatch, size: int, device: torch.device, channels: int = 3,
-                 skip_corrupt: bool = False) -> tuple[tuple[torch.Tensor, torch.Tensor], int, list[str]]:
+                 skip_corrupt: bool = False, source: str = "imagefolder"
+                 ) -> tuple[tuple[torch.Tensor, torch.Tensor], int, list[str]]:
     """Decode an :class:`EncodedBatch` on ``device`` and cut its views. Returns ``((view1,
-    view2) uint8 (B, C, size, size) on device, CPU fallbacks, skipped paths)``.
+    view2) uint8 (B, C, size, size) on device, CPU fallbacks, skipped names)``.
 
-    A file neither decoder can read raises DataError naming it, or with ``skip_corrupt`` is
-    replaced by another image of the batch (the batch keeps its size) and reported.
+    An image neither decoder can read raises DataError naming it (``source``: the dataset's
+    name, for the message), or with ``skip_corrupt`` is replaced by another image of the
+    batch (the batch keeps its size) and reported.
     """
     mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
     images = _decode_all(batch.data, mode, device)
@@ -296,14 +302,14 @@ def decode_views(batch: EncodedBatch, size: int, device: torch.device, channels:
             images[i] = _decode_cpu(batch.data[i], channels).to(device, non_blocking=True)
         except Exception as e:  # any decoder failure
             if not skip_corrupt:
-                raise DataError(f"imagefolder: cannot decode image '{batch.paths[i]}' "
-                                f"({type(e).__name__}: {e}); delete or replace it, or set "
+                raise DataError(f"{source}: cannot decode image '{batch.names[i]}' "
+                                f"({type(e).__name__}: {e}); replace it, or set "
                                 f"data.skip_corrupt=true to skip undecodable images") from None
-            skipped.append(batch.paths[i])
+            skipped.append(batch.names[i])
     good = [i for i, img in enumerate(images) if img is not None]
     if not good:
-        raise DataError(f"imagefolder: no image of a batch could be decoded (e.g. "
-                        f"'{batch.paths[0]}')")
+        raise DataError(f"{source}: no image of a batch could be decoded (e.g. "
+                        f"'{batch.names[0]}')")
     params = batch.params.clone()
     bad = [i for i, img in enumerate(images) if img is None]
     for k, i in enumerate(bad):
@@ -331,3 +337,6 @@ class SeededSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self.sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)

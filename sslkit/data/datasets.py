@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from sslkit.data.readers import (FASHION_MNIST_CLASSES, load_cifar, load_fashion_mnist,
                                  load_stl10, stl10_classes)
+from sslkit.data.encoded import EncodedImages
 from sslkit.data.imagefolder import ImageFolderDataset, list_imagefolder
 from sslkit.data.info import (IMAGENET_MEAN, IMAGENET_STD, DatasetInfo, register_dataset,
                               resize_side, source, to_channels)
@@ -69,6 +70,9 @@ class Request:
     image_size: Optional[int] = None
     class_list: Optional[str] = None
     skip_corrupt: bool = False
+    val_root: Optional[str] = None
+    image_column: str = "image"
+    label_column: str = "label"
     synthetic_classes: int = 10
     synthetic_train: int = 2000
     synthetic_test: int = 500
@@ -189,7 +193,9 @@ def build_dataset(name: str, root: str, split: str, *, channels: int = 3, downlo
                   class_list: Optional[str] = None, skip_corrupt: bool = False,
                   subset: Union[int, float, None] = None, seed: int = 0,
                   synthetic_classes: int = 10, synthetic_train: int = 2000,
-                  synthetic_test: int = 500, long_tail: Optional[float] = None) -> Dataset:
+                  synthetic_test: int = 500, long_tail: Optional[float] = None,
+                  val_root: Optional[str] = None, image_column: str = "image",
+                  label_column: str = "label") -> Dataset:
     """Build split ``split`` ("pretrain" | "train" | "test") of dataset ``name``.
 
     Returns a Dataset of ``(uint8 (C, H, W), int label)`` with ``num_classes``; the in-memory
@@ -197,7 +203,10 @@ def build_dataset(name: str, root: str, split: str, *, channels: int = 3, downlo
     pretraining reads: the train split, and for STL-10 train + unlabeled (label -1).
     ``imagefolder`` reads ``root/train`` ("pretrain", "train") or ``root/val`` ("test") at a
     square side ``load_size`` (default ``round(image_size * 256 / 224)``).
-    ``synthetic`` makes ``synthetic_train`` / ``synthetic_test`` images of side
+    ``webdataset`` and ``parquet`` read the shards or files of ``root`` ("pretrain",
+    "train") or ``val_root`` ("test"; :mod:`sslkit.data.tar_shards`,
+    :mod:`sslkit.data.parquet_files`). ``synthetic`` makes ``synthetic_train`` /
+    ``synthetic_test`` images of side
     ``image_size`` (default 32). ``long_tail`` (an imbalance ratio r >= 1) keeps the
     long-tailed profile of :func:`long_tail_indices`; then ``subset`` keeps a stratified
     seeded part (count or fraction) of the split.
@@ -208,9 +217,13 @@ def build_dataset(name: str, root: str, split: str, *, channels: int = 3, downlo
     if channels not in (1, 3):
         raise ConfigError(f"data.channels={channels} is invalid: use 1 or 3")
     req = Request(name, os.path.expanduser(str(root)), split, channels, download, load_size,
-                  image_size, class_list, skip_corrupt, synthetic_classes, synthetic_train,
-                  synthetic_test)
+                  image_size, class_list, skip_corrupt,
+                  os.path.expanduser(val_root) if val_root else None, image_column,
+                  label_column, synthetic_classes, synthetic_train, synthetic_test)
     ds = src.load(req)
+    if src.info.files and not isinstance(ds, EncodedImages):
+        raise TypeError(f"the loader of '{name}' is registered with yields='files' and must "
+                        f"return an sslkit.data.encoded.EncodedImages, not {type(ds).__name__}")
     if long_tail is not None:
         if float(long_tail) < 1:
             raise ConfigError(f"data.long_tail={long_tail} is invalid: an imbalance ratio is "
@@ -235,4 +248,6 @@ def dataset_from_config(data_cfg: Any, split: str, seed: int = 0) -> Dataset:
         subset=data_cfg.subset if split != "test" else None, seed=seed,
         long_tail=data_cfg.long_tail if split != "test" else None,
         synthetic_classes=data_cfg.synthetic_classes,
-        synthetic_train=data_cfg.synthetic_train, synthetic_test=data_cfg.synthetic_test)
+        synthetic_train=data_cfg.synthetic_train, synthetic_test=data_cfg.synthetic_test,
+        val_root=data_cfg.val_root, image_column=data_cfg.image_column,
+        label_column=data_cfg.label_column)

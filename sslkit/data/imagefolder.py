@@ -1,110 +1,51 @@
-"""ImageFolder data: ``root/train/<class>/**/<image>`` and ``root/val/<class>/**/<image>``.
+"""ImageFolder data: ``root/train/<class>/**/<image>`` and ``root/val/<class>/**/<image>``, or
+a flat folder of unlabelled photos: the listing of the files and their classes.
 
-Each file is decoded with PIL on the CPU (in DataLoader workers) and resized to a fixed square
-``load_size``: the shorter side is resized to ``load_size`` (bilinear, antialiased) and the
-centre square is kept. Random crops are then taken from that square on the device, whereas
-the reference ImageNet recipes crop the original (full, non-square) image: the crops here
-never see the borders that the centre square drops (for a 4:3 photo, 1/8 of the width on each
-side), and their resolution is capped at ``load_size``. The evaluation view (centre crop
-``image_size`` of the ``load_size`` square) equals the usual Resize(256)+CenterCrop(224)
-exactly. ``data.class_list`` selects and orders the classes (e.g. ImageNet-100).
+Each file is one item of an :class:`~sslkit.data.encoded.EncodedImages` source: pretraining
+cuts the random-resized crops of the whole decoded image in the loader workers
+(:mod:`sslkit.data.crops`); evaluation (and ``data.crop_from: square``) decodes it to a fixed
+``load_size`` square (the shorter side resized, the centre kept), whose centre
+``image_size`` crop is the usual Resize(256) + CenterCrop(224). ``data.class_list`` selects
+and orders the classes (e.g. ImageNet-100).
 """
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional, TypeVar
+from typing import Optional
 
-import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import Dataset
 
+from sslkit.data.encoded import EncodedImages
 from sslkit.errors import DataError
 
-T = TypeVar("T")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-class ImageFolderDataset(Dataset):
-    """``root/<split>/<class>/**/<image>``: decoded with PIL and resized to a fixed square.
+class ImageFolderDataset(EncodedImages):
+    """``root/<split>/<class>/**/<image>``: one file per image (:class:`EncodedImages`).
 
-    Each image is converted to RGB (grayscale, palette and RGBA included; the alpha channel
-    is dropped, as torchvision's loader does) or to L when ``channels=1``; the shorter side is
-    resized to ``load_size`` (bilinear, antialiased) and the centre ``load_size`` square kept.
-    An undecodable file raises DataError naming it; with ``skip_corrupt`` the next decodable
-    image (in index order) is returned instead and the file is remembered in ``skipped``.
+    ``samples`` are ``(path, label)`` pairs; the class indices follow ``classes``.
     """
 
     def __init__(self, samples: list[tuple[str, int]], classes: list[str], load_size: int,
                  channels: int = 3, skip_corrupt: bool = False, split: str = ""):
+        super().__init__("imagefolder", [lab for _, lab in samples], classes, load_size,
+                         channels, skip_corrupt, split)
         self.samples = samples
-        self.classes = classes
-        self.num_classes = len(classes)
-        self.load_size = int(load_size)
-        self.channels = channels
-        self.skip_corrupt = skip_corrupt
-        self.name, self.split = "imagefolder", split
-        self.skipped: set[str] = set()
-        self.labels = torch.tensor([lab for _, lab in samples], dtype=torch.int64)
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def decode(self, path: str) -> torch.Tensor:
-        """Decode ``path`` to uint8 (C, load_size, load_size); raises on a bad file."""
-        size = self.load_size
-        with Image.open(path) as im:
-            if im.format == "JPEG":
-                im.draft("L" if self.channels == 1 else "RGB", (size, size))  # fast JPEG downscale
-            im = im.convert("L" if self.channels == 1 else "RGB")
-            w, h = im.size
-            scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            if (nw, nh) != (w, h):
-                im = im.resize((nw, nh), Image.BILINEAR)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            im = im.crop((left, top, left + size, top + size))
-            arr = np.asarray(im, dtype=np.uint8)
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    def read(self, i: int) -> bytes:
+        with open(self.samples[i][0], "rb") as fh:
+            return fh.read()
 
-    def load(self, i: int) -> tuple[torch.Tensor, int, list[str]]:
-        """``(image, label, skipped paths)``; raises DataError on a bad file unless skipping."""
-        return self.first_decodable(i, self.decode)
-
-    def first_decodable(self, i: int, decode: Callable[[str], T]) -> tuple[T, int, list[str]]:
-        """``(decode(path of sample i), label, skipped paths)``. A file ``decode`` fails on
-        raises DataError naming it; with ``skip_corrupt`` the next samples (in index order)
-        are tried instead and the failed paths returned."""
-        skipped: list[str] = []
-        n = len(self.samples)
-        for j in range(n):
-            path, label = self.samples[(i + j) % n]
-            try:
-                return decode(path), label, skipped
-            except Exception as e:  # any decoder failure (OSError, SyntaxError, bomb, ...)
-                if not self.skip_corrupt:
-                    raise DataError(
-                        f"imagefolder: cannot decode image '{path}' ({type(e).__name__}: "
-                        f"{e}); delete or replace it, or set data.skip_corrupt=true to skip "
-                        f"undecodable images") from None
-                skipped.append(path)
-        raise DataError(f"imagefolder: none of the {n} images of split '{self.split}' could be "
-                        f"decoded (e.g. '{skipped[0]}')")
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image, label, skipped = self.load(i)
-        self.skipped.update(skipped)
-        return image, label
+    def where(self, i: int) -> str:
+        return self.samples[i][0]
 
     def subset(self, indices: torch.Tensor) -> "ImageFolderDataset":
         return ImageFolderDataset([self.samples[int(i)] for i in indices], self.classes,
                                   self.load_size, self.channels, self.skip_corrupt, self.split)
-
-    def __repr__(self) -> str:
-        return (f"ImageFolderDataset({self.split}: {len(self)} images, {self.num_classes} "
-                f"classes, load_size={self.load_size})")
 
 
 def _is_plain_name(entry: str) -> bool:

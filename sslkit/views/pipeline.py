@@ -3,12 +3,13 @@
 Pretraining and the augmentation preview (``python -m sslkit.preview``, the TensorBoard grid)
 both build it here, so the preview shows exactly what training sees.
 
-* Fixed-size datasets (Fashion-MNIST, CIFAR, STL-10, synthetic) and ImageFolder with
-  ``data.crop_from: square``: the loader yields uint8 batches; every random op of both views
+* Fixed-size datasets (Fashion-MNIST, CIFAR, STL-10, synthetic) and sources of encoded
+  images with ``data.crop_from: square``: the loader yields uint8 batches; every random op of both views
   runs on the device (:class:`sslkit.augment.TwoViews`).
-* ImageFolder with ``data.crop_from: original`` (the default): the loader cuts both views'
-  random-resized crops from the whole decoded image (:mod:`sslkit.data.crops`), and the
-  device runs only the photometric part. With ``data.decode_device: cuda`` the workers read
+* A source of encoded images (ImageFolder, WebDataset shards, Parquet: ``yields="files"``,
+  any :class:`sslkit.data.encoded.EncodedImages`) with ``data.crop_from: original`` (the
+  default): the loader cuts both views' random-resized crops from the whole decoded image
+  (:mod:`sslkit.data.crops`), and the device runs only the photometric part. With ``data.decode_device: cuda`` the workers read
   bytes only and the batch is decoded on the GPU (nvjpeg). On a CPU training device the
   workers apply the photometric part too, per view (:mod:`sslkit.views.photometric`, same ops and
   draws' distributions), and the main process only normalises.
@@ -27,10 +28,10 @@ from PIL import Image, ImageDraw
 from sslkit.augment import TwoViews, to_unit_float, views_from_config
 from sslkit.config import Config
 from sslkit.data import TrainSampler, build_loader, dataset_from_config, dataset_info
+from sslkit.data.encoded import open_image
 from sslkit.data.crops import (CropSpec, EncodedBatch, EncodedTwoCropDataset, SeededSampler,
                                TwoCropDataset, decode_two_views, decode_views, sample_seed)
-from sslkit.data.imagefolder import ImageFolderDataset
-from sslkit.errors import ConfigError, DataError
+from sslkit.errors import ConfigError
 from sslkit.views.photometric import WorkerPhotometric
 
 log = logging.getLogger("sslkit.data")
@@ -57,7 +58,7 @@ class PretrainInput:
 
     cfg: Config
     device: torch.device
-    dataset: Any  # what the loader reads (a two-crop wrapper for ImageFolder originals)
+    dataset: Any  # what the loader reads (a two-crop wrapper for crops of the originals)
     base: Any  # the dataset of single images (labels, subsets, previews)
     sampler: TrainSampler
     loader: Any
@@ -72,7 +73,7 @@ class PretrainInput:
         if isinstance(images, EncodedBatch):
             images, fallbacks, skipped = decode_views(
                 images, self.spec.size, self.device, self.cfg.data.channels,
-                self.cfg.data.skip_corrupt)
+                self.cfg.data.skip_corrupt, self.cfg.data.name)
             self._count(fallbacks, skipped)
         elif isinstance(images, (tuple, list)):
             images = tuple(t.to(self.device, non_blocking=True) for t in images)
@@ -101,8 +102,8 @@ class PretrainInput:
     def preview(self, indices: list[int], seed: int = 0
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(originals, view 1, view 2) of the images ``indices``, each (n, 3, S, S) float in
-        [0, 1], through this pipeline. ImageFolder originals show the whole image with the
-        two crop boxes drawn on it (view 1 red, view 2 blue)."""
+        [0, 1], through this pipeline. Originals of encoded images show the whole image with
+        the two crop boxes drawn on it (view 1 red, view 2 blue)."""
         size = self.cfg.data.image_size
         if self.spec is None:
             images = torch.stack([self.base[i][0] for i in indices]).to(self.device)
@@ -114,8 +115,8 @@ class PretrainInput:
         else:
             crops, originals = [], []
             for i in indices:
-                (pair, boxed), _, _ = self.base.first_decodable(  # bad files as in training
-                    i, lambda path: _original_with_boxes(path, self.spec, sample_seed(seed, 0, i),
+                (pair, boxed), _, _, _ = self.base.first_decodable(  # bad images as in training
+                    i, lambda data: _original_with_boxes(data, self.spec, sample_seed(seed, 0, i),
                                                          self.cfg.data.channels, self.photometric))
                 crops.append(pair)
                 originals.append(boxed)
@@ -130,14 +131,14 @@ def _rgb(x: torch.Tensor) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
-def _original_with_boxes(path: str, spec: CropSpec, seed: int, channels: int,
+def _original_with_boxes(data: bytes, spec: CropSpec, seed: int, channels: int,
                          photometric: Optional[WorkerPhotometric] = None
                          ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The two crops of ``path`` (as training cuts them, with the loader's photometric part
-    when it has one) and the whole image fitted into an S x S square with both crop boxes
-    outlined."""
-    pair, params = decode_two_views(path, spec, seed, channels, photometric)  # as in training
-    with Image.open(path) as im:
+    """The two crops of the encoded image ``data`` (as training cuts them, with the loader's
+    photometric part when it has one) and the whole image fitted into an S x S square with
+    both crop boxes outlined."""
+    pair, params = decode_two_views(data, spec, seed, channels, photometric)  # as in training
+    with open_image(data) as im:
         width, height = im.size
         full = im.convert("RGB")
     s = spec.size / max(width, height)
@@ -170,8 +171,6 @@ def build_pretrain_input(cfg: Config, device: torch.device, rank: int = 0, world
         if cfg.data.decode_device == "cuda" and device.type != "cuda":
             raise ConfigError("data.decode_device=cuda needs a CUDA training device; use "
                               "--set data.decode_device=cpu")
-        if not isinstance(base, ImageFolderDataset):
-            raise DataError("data.crop_from=original needs an image folder")
         p = views.params
         spec = CropSpec(cfg.data.image_size, tuple(p["crop_scale"]), tuple(p["crop_ratio"]),
                         float(p["flip_p"]))
