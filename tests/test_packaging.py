@@ -72,7 +72,7 @@ def test_timm_is_an_optional_extra_imported_lazily():
 
 def test_console_scripts_resolve():
     scripts = _pyproject()["project"]["scripts"]
-    assert set(scripts) == {"sslkit-pretrain", "sslkit-lincls"}
+    assert set(scripts) == {"sslkit-pretrain", "sslkit-lincls", "sslkit-finetune"}
     for target in scripts.values():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func))
