@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -321,11 +322,19 @@ def _close(loader) -> None:
 
 
 def _check_writable(out: Path) -> None:
-    try:
-        (out / "finetune").mkdir(parents=True, exist_ok=True)
+    """Refuse an output directory that is a file or cannot be created; creates nothing."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"the output directory {out} is a file; pass --output DIR")
+    base = out
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    probe = base / f".sslkit-write-probe-{os.getpid()}"
+    try:  # a real write (permission bits alone mislead root and read-only mounts)
+        probe.touch()
+        probe.unlink()
     except OSError as e:
-        raise UserError(f"cannot create the output directory {out} ({e.strerror}); pass "
-                        f"--output DIR") from None
+        raise UserError(f"cannot write the output directory {out} ({e.strerror} in {base}); "
+                        f"pass --output DIR") from None
 
 
 def _open_run_dir(run_dir: Path, cfg: config_mod.Config, new: bool) -> None:
@@ -354,9 +363,10 @@ def run_finetune(checkpoint: Optional[str] = None, config_path: Optional[str] = 
                  output: Optional[str] = None, stop_after_steps: Optional[int] = None) -> dict:
     """Fine-tune and write ``finetune.json``; returns its content, or ``{"stopped_by":
     signal}`` / ``{"stopped_at": step}`` for a run that stopped after a checkpoint
-    (``stop_after_steps``: tests)."""
+    (``stop_after_steps``: tests). Under torchrun the process group is joined here and left
+    at the end, unless the caller had joined it (then it stays, for the caller's next run)."""
     t0 = time.time()
-    timeout = 1800
+    timeout, joined = 1800, not dist.is_distributed()
     try:
         run = FinetuneRun(checkpoint, config_path, overrides, baseline, output)
         timeout = run.cfg.run.dist_timeout_s
@@ -367,7 +377,8 @@ def run_finetune(checkpoint: Optional[str] = None, config_path: Optional[str] = 
             raise
         raise lost from None
     finally:
-        dist.destroy_distributed()
+        if joined:
+            dist.destroy_distributed()
 
 
 def _run(run: FinetuneRun, stop_after_steps: Optional[int], t0: float) -> dict:
