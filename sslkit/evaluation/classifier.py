@@ -85,7 +85,7 @@ def add_drop_path(backbone: nn.Module, rate: float) -> None:
     except ImportError:
         raise ConfigError("finetune.drop_path needs the optional package timm: pip install -e "
                           "'.[timm]'") from None
-    rates = torch.linspace(0, rate, len(blocks)).tolist()
+    rates = torch.linspace(0, rate, len(blocks), device="cpu").tolist()  # as timm's
     for block, r in zip(blocks, rates):
         if hasattr(block, "drop_path1"):  # timm's Block
             block.drop_path1, block.drop_path2 = DropPath(r), DropPath(r)
