@@ -48,6 +48,7 @@ def test_label_fraction_is_class_balanced_seeded_and_nested():
     balanced = torch.arange(6000) % 10  # Fashion-MNIST-like: 1 % is 6 images of each class
     assert torch.bincount(balanced[label_fraction_indices(balanced, 0.01, 0)]).tolist() == [6] * 10
     assert len(label_fraction_indices(balanced, 1.0, 0)) == 6000
+    assert label_fraction_indices(labels, 1.0, 0).tolist() == list(range(157))  # 1: all
     for bad in (0.0, 1.5):
         with pytest.raises(ConfigError, match="label_fraction"):
             label_fraction_indices(labels, bad)
@@ -295,3 +296,28 @@ def test_random_init_baseline_and_the_probe_on_the_same_labels(tiny_run, tmp_pat
                        output=str(tmp_path / "probe"))
     assert probe["dataset"]["num_train"] == 12
     assert math.isfinite(probe["linear_top1"])
+
+
+def test_the_documented_fine_tuning_commands_parse_and_their_configs_load():
+    """Every run_finetune.py line of the README and docs/evaluation.md: its flags parse and
+    its --config with its --set keys loads and resolves (a renamed key fails here)."""
+    import re
+    import shlex
+
+    from conftest import ROOT
+    from sslkit.cli import finetune_parser
+    from sslkit.methods.resolve import resolved
+
+    text = (ROOT / "README.md").read_text() + (ROOT / "docs" / "evaluation.md").read_text()
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        lines += [ln.split(" #", 1)[0] for ln in block.replace("\\\n", " ").splitlines()
+                  if "run_finetune.py" in ln]
+    assert len(lines) >= 6
+    for line in lines:
+        argv = shlex.split(line)
+        args = finetune_parser().parse_args(argv[argv.index(next(
+            a for a in argv if a.endswith("run_finetune.py"))) + 1:])
+        sets = [s for group in args.overrides for s in group]
+        assert args.config and (ROOT / args.config).is_file(), line
+        assert resolved(config.load(ROOT / args.config, sets)).finetune.epochs >= 1, line

@@ -8,9 +8,10 @@ both train on it, so the two protocols compare at the same labels.
 (1 %: 12 or 13 of each of the 1000 ImageNet classes, 12,811 in all; 10 %: 128 or 129), not
 1 % of each class's own count. :func:`label_fraction_indices` does the same for any split:
 ``n = max(C, round(fraction * N))`` images, ``n // C`` per class and one more for the first
-``n % C`` classes of a seeded order; a class with fewer images gives all it has. Which images
-of a class is a seeded permutation of its images, taking the first ones: for one seed a
-smaller fraction is a subset of a larger one (1 % inside 10 %).
+``n % C`` classes of a seeded order; a class with fewer images gives all it has (its share is
+not handed to the others). A fraction of 1 keeps every labelled image. Which images of a class
+is a seeded permutation of its images, taking the first ones: for one seed a smaller fraction
+is a subset of a larger one (1 % inside 10 %).
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ def label_fraction_indices(labels: torch.Tensor, fraction: float, seed: int = 0
     if not classes:
         raise DataError("the training split has no labelled images to take a label fraction of")
     labelled = int((labels >= 0).sum())
+    if float(fraction) == 1.0:
+        return torch.nonzero(labels >= 0).flatten()
     n = max(len(classes), round(float(fraction) * labelled))
     base, extra = divmod(n, len(classes))
     g = torch.Generator().manual_seed(int(seed))
