@@ -56,7 +56,7 @@ def main() -> int:
             print(f"{case.id}: exit code {code}, expected 2", file=sys.stderr)
             return 1
         script = {"pretrain": "run_pretrain.py", "lincls": "run_lincls.py",
-                  "export": "python -m sslkit.export"}[case.script]
+                  "finetune": "run_finetune.py", "export": "python -m sslkit.export"}[case.script]
         rows.append(f"| `{case.id}` | {case.family} | {case.input} ({script}) | `{line}` |")
     out = ROOT / "docs" / "errors.md"
     out.write_text(HEADER + "\n".join(rows) + "\n")

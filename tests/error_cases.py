@@ -503,7 +503,7 @@ CASES: list[Case] = [
     Case("finetune-timm-missing", "finetune", "`--set finetune.augment=timm` without timm "
          "installed", _ft("finetune.augment=timm"), ("needs the optional package timm",
                                                      "pip install -e '.[timm]'"),
-         script="finetune", hide_modules=("timm",)),
+         script="finetune", hide_modules=("timm", "timm.data")),
     Case("finetune-official-no-config", "finetune", "an official MoCo-v2 file without "
          "`--config`", _official("no_config"), ("facebookresearch/moco", "carries no config",
                                                  "--config"), script="finetune"),

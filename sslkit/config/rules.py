@@ -141,6 +141,7 @@ def check_finetune(cfg: Config) -> None:
     timm_only = [f"finetune.{k}={show(getattr(ft, k))}" for k, off in
                  (("rand_augment", None), ("random_erasing", 0.0)) if getattr(ft, k) != off]
     if timm_only and ft.augment != "timm":
-        raise ConfigError(f"{', '.join(timm_only)} belong to timm's per-image transform; set "
+        verb = "belong" if len(timm_only) > 1 else "belongs"
+        raise ConfigError(f"{', '.join(timm_only)} {verb} to timm's per-image transform; set "
                           f"finetune.augment=timm (pip install -e '.[timm]'), or put them back "
                           f"(rand_augment=null, random_erasing=0)")
