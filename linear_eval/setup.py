@@ -7,7 +7,10 @@ Config
     of the field (official MoCo v1/v2, MoCo-v3, DeiT format, timm, torchvision;
     :mod:`sslkit.io.layouts`) carries none: ``--config`` names its recipe. A baseline
     without ``--checkpoint`` and ``--config`` uses ``configs/demo.yaml`` (as run_pretrain.py
-    does). The dataset's "train" split trains the probe / is the kNN bank, "test" is reported.
+    does). The dataset's "train" split trains the probe / is the kNN bank, "test" is reported;
+    ``finetune.label_fraction`` / ``finetune.subset_file`` cut the train split to the labelled
+    images fine-tuning uses (:func:`sslkit.data.labelled_subset`), so that the two protocols
+    compare at the same labels.
 
 Models
     checkpoint: the configured backbone with the checkpoint's weights (``load_into``: an
@@ -34,7 +37,8 @@ from sslkit import config as config_mod
 from sslkit import distributed as dist
 from sslkit.augment import CenterView, eval_transform_from_config
 from sslkit.io.checkpoint import load_into
-from sslkit.data import TrainSampler, build_loader, dataset_from_config, normalization, tensor_pair
+from sslkit.data import (TrainSampler, build_loader, dataset_from_config, labelled_subset,
+                         normalization, tensor_pair)
 from sslkit.errors import CheckpointError, UserError
 from sslkit.export import Source, no_config_error, read_source
 from sslkit.io.layouts import match_names
@@ -175,7 +179,9 @@ def prepare(checkpoint: str | None, config_path: str | None, overrides: list[str
     backbone, feat_dim = build_model(cfg, src.state if src else None, checkpoint, baseline)
     backbone.to(device)
     out_dir = output_dir(cfg, checkpoint, baseline, output, src.run_dir if src else None)
-    train_ds = dataset_from_config(cfg.data, "train", seed=cfg.run.seed)
+    train_ds = labelled_subset(dataset_from_config(cfg.data, "train", seed=cfg.run.seed),
+                               cfg.data.name, cfg.finetune.label_fraction,
+                               cfg.finetune.subset_file, cfg.run.seed)
     test_ds = dataset_from_config(cfg.data, "test", seed=cfg.run.seed)
     num_classes = int(getattr(train_ds, "num_classes", 0) or 0)
     if num_classes < 2:

@@ -21,9 +21,9 @@ from test_errors import MAINS, hidden  # noqa: E402
 
 HEADER = """# Errors: every bad input gets one line
 
-Bad input to `run_pretrain.py`, `run_lincls.py`, `python -m sslkit.export` or a config file
-stops with ONE line `error: ...` on stderr and exit code 2, before anything on disk is
-changed (no traceback;
+Bad input to `run_pretrain.py`, `run_lincls.py`, `run_finetune.py`, `python -m sslkit.export`,
+`python -m sslkit.data.shards` or a config file stops with ONE line `error: ...` on stderr and exit code 2, before anything
+on disk is changed (no traceback;
 exit code 1 is reserved for internal errors, which keep their traceback so they can be
 reported). Each row below is a test case (`tests/error_cases.py`, run by
 `tests/test_errors.py`); this page is generated from them by `scripts/errors_table.py`, so
@@ -56,7 +56,7 @@ def main() -> int:
             print(f"{case.id}: exit code {code}, expected 2", file=sys.stderr)
             return 1
         script = {"pretrain": "run_pretrain.py", "lincls": "run_lincls.py",
-                  "export": "python -m sslkit.export",
+                  "finetune": "run_finetune.py", "export": "python -m sslkit.export",
                   "shards": "python -m sslkit.data.shards"}[case.script]
         rows.append(f"| `{case.id}` | {case.family} | {case.input} ({script}) | `{line}` |")
     out = ROOT / "docs" / "errors.md"

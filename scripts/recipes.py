@@ -1112,11 +1112,15 @@ def config_path(name: str) -> Path:
     return ROOT / "configs" / f"{name}.yaml"
 
 
+FINETUNE_PREFIXES = ("imagenet_semisup_", "imagenet_finetune_")  # scripts/recipes_finetune.py
+
+
 def recipe_configs() -> list[str]:
-    """Every configs/imagenet_*.yaml and configs/cifar10_*.yaml, by name."""
+    """Every pretraining configs/imagenet_*.yaml and configs/cifar10_*.yaml, by name (the
+    fine-tuning recipes are scripts/recipes_finetune.py's)."""
     files = (sorted(ROOT.glob("configs/imagenet_*.yaml"))
              + sorted(ROOT.glob("configs/cifar10_*.yaml")))
-    return [f.stem for f in files]
+    return [f.stem for f in files if not f.stem.startswith(FINETUNE_PREFIXES)]
 
 
 # --------------------------------------------------------------------------- the page
@@ -1170,6 +1174,9 @@ def render() -> str:
         out.append("| --- | --- | --- | --- | --- |\n")
         for row in rows:
             out.append("| " + " | ".join(_cell(c) for c in row.cells()) + " |\n")
+    import recipes_finetune  # it imports this module's types: imported once they exist
+
+    out.append(recipes_finetune.render())
     return "".join(out)
 
 
@@ -1186,15 +1193,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if docs/recipes.md is stale")
     args = parser.parse_args(argv)
-    bad = [(name, row) for name in recipe_configs()
+    import recipes_finetune  # it imports this module's types: imported once they exist
+
+    bad = [(name, row, PARAM) for name in recipe_configs()
            for row in problems(compare(sslconfig.load(config_path(name)), RECIPES[name]))]
-    for name, row in bad:
-        print(f"{name}: {row.key}: sslkit {PARAM[row.key].show(row.sslkit)} vs official "
-              f"{PARAM[row.key].show(row.official.value)} ({row.status})", file=sys.stderr)
+    bad += [(name, row, recipes_finetune.PARAM) for name in recipes_finetune.finetune_configs()
+            for row in recipes_finetune.problems(recipes_finetune.compare(
+                sslconfig.load(config_path(name)), recipes_finetune.RECIPES[name]))]
+    for name, row, params in bad:
+        print(f"{name}: {row.key}: sslkit {params[row.key].show(row.sslkit)} vs official "
+              f"{params[row.key].show(row.official.value)} ({row.status})", file=sys.stderr)
     if args.check:
         return check() or (1 if bad else 0)
     PAGE.write_text(render(), encoding="utf-8")
-    print(f"wrote {PAGE} ({len(RECIPES)} recipes)")
+    print(f"wrote {PAGE} ({len(RECIPES) + len(recipes_finetune.RECIPES)} recipes)")
     return 1 if bad else 0
 
 

@@ -1,5 +1,5 @@
-"""Command-line entry points: ``run_pretrain.py`` / ``sslkit-pretrain`` and ``run_lincls.py`` /
-``sslkit-lincls``.
+"""Command-line entry points: ``run_pretrain.py`` / ``sslkit-pretrain``, ``run_lincls.py`` /
+``sslkit-lincls`` and ``run_finetune.py`` / ``sslkit-finetune``.
 
 Exit codes: 0 ok (also "already finished"); 2 a user error, printed as ONE line ``error: ...``
 on stderr (no traceback); 1 an internal error (with its traceback, so it can be reported);
@@ -83,6 +83,33 @@ def lincls_parser(prog: str = "run_lincls.py") -> argparse.ArgumentParser:
                    help="where to write eval.json (default: the checkpoint's run "
                         "directory; for a file of no sslkit run, <its folder>/<its name "
                         "without extension>_lincls/)")
+    return p
+
+
+def finetune_parser(prog: str = "run_finetune.py") -> argparse.ArgumentParser:
+    p = OneLineParser(prog=prog,
+                      description="Fine-tune a pretrained backbone end to end with a linear "
+                                  "head, on all or a few of the training labels "
+                                  "(finetune.label_fraction, finetune.subset_file), and score "
+                                  "it on the test split. Writes finetune.json where run_lincls "
+                                  "writes eval.json, the run's files into its finetune/ "
+                                  "folder; the same command resumes an interrupted run. Runs "
+                                  "under torchrun too (DDP).")
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help="checkpoints/last.pt or backbone.pt of a pretraining run, or a "
+                        "checkpoint of the field with --config (facebookresearch/moco v1/v2, "
+                        "moco-v3 ResNet/ViT, DeiT format, timm ViT, torchvision ResNet)")
+    _add_config_args(p, "YAML config put over the checkpoint's own (the keys it sets win): "
+                        "the fine-tuning recipe, e.g. configs/imagenet_semisup_r50_1pct.yaml; "
+                        "for a checkpoint of another toolkit also its model and data",
+                     "finetune.label_fraction=0.01 finetune.epochs=60")
+    p.add_argument("--baseline", choices=("random-init",),
+                   help="the same network and recipe from a random initialisation (with "
+                        "--checkpoint: that checkpoint's architecture)")
+    p.add_argument("--output", metavar="DIR",
+                   help="where to write finetune.json and the run's finetune/ folder "
+                        "(default: the checkpoint's run directory; for a file of no sslkit "
+                        "run, <its folder>/<its name without extension>_finetune/)")
     return p
 
 
@@ -207,6 +234,21 @@ def _lincls(argv: Sequence[str] | None, prog: str) -> int:
     return 0
 
 
+def _finetune(argv: Sequence[str] | None, prog: str) -> int:
+    args = finetune_parser(prog).parse_args(argv)
+    from sslkit.evaluation.finetune import run_finetune  # torch: after the command line
+    from sslkit.train.lifecycle import stop_exit_code  # torch as well
+
+    try:
+        result = run_finetune(checkpoint=args.checkpoint, config_path=args.config,
+                              overrides=_overrides(args), baseline=args.baseline,
+                              output=args.output)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted; the last checkpoint is kept; the same command "
+                          "continues the fine-tuning") from None
+    return stop_exit_code(result["stopped_by"]) if "stopped_by" in result else 0
+
+
 def pretrain_main(argv: Sequence[str] | None = None, prog: str = "run_pretrain.py") -> int:
     return guard(lambda a: _pretrain(a, prog), argv)
 
@@ -215,9 +257,17 @@ def lincls_main(argv: Sequence[str] | None = None, prog: str = "run_lincls.py") 
     return guard(lambda a: _lincls(a, prog), argv)
 
 
+def finetune_main(argv: Sequence[str] | None = None, prog: str = "run_finetune.py") -> int:
+    return guard(lambda a: _finetune(a, prog), argv)
+
+
 def pretrain_entry() -> None:  # console script ``sslkit-pretrain``
     sys.exit(pretrain_main(prog="sslkit-pretrain"))
 
 
 def lincls_entry() -> None:  # console script ``sslkit-lincls``
     sys.exit(lincls_main(prog="sslkit-lincls"))
+
+
+def finetune_entry() -> None:  # console script ``sslkit-finetune``
+    sys.exit(finetune_main(prog="sslkit-finetune"))

@@ -26,7 +26,8 @@ class Case:
     input: str                                   # what the user did (for the docs)
     build: Callable[[Path], list[str]]           # -> argv (after the script name)
     fragments: tuple[str, ...]                   # must appear in the error line
-    script: str = "pretrain"                     # "pretrain", "lincls", "export", "shards"
+    script: str = "pretrain"                     # "pretrain", "lincls", "finetune", "export",
+                                                 # "shards"
     needs_no_gpu: bool = False
     lazy: bool = False  # found while training (e.g. a corrupt image): the new run directory
                         # may have been started; files that existed before stay unchanged
@@ -269,6 +270,38 @@ def _official(kind: str) -> Callable[[Path], list[str]]:
         vit = tiny_run(tmp, vit=True) / "backbone.pt"
         return [str(vit), str(tmp / "vit_d2.pkl"), "--format", "detectron2"]
     return build
+
+
+def _ft(*items: str) -> Callable[[Path], list[str]]:
+    """run_finetune.py on the tiny network at random init, with ``items``."""
+    return lambda tmp: ["--baseline", "random-init", *_sets(tmp, *items)]
+
+
+def _subset_file(kind: str) -> Callable[[Path], list[str]]:
+    """A SimCLR-style subset file naming images that are not there (an image folder), or
+    handed to a source of tensors."""
+    def build(tmp: Path) -> list[str]:
+        for cls in ("a", "b"):
+            for split in ("train", "val"):
+                _png(tmp / "imgs" / split / cls / f"{cls}_0.png")
+        (tmp / "1percent.txt").write_text("a_0.png\nn01440764_10026.JPEG\nn01440764_10027.JPEG\n")
+        data = (["data.name=imagefolder", f"data.root={tmp / 'imgs'}"] if kind == "missing"
+                else [])
+        return ["--baseline", "random-init",
+                *_sets(tmp, *data, f"finetune.subset_file={tmp / '1percent.txt'}")]
+    return build
+
+
+def _finetuned_elsewhere(tmp: Path) -> list[str]:
+    """An output directory holding the fine-tuning of the same checkpoint at 50 % labels,
+    asked for 25 %."""
+    from sslkit.evaluation.finetune import run_finetune
+
+    ckpt = str(tiny_run(tmp) / "checkpoints" / "last.pt")
+    sets = ["run.progress=false", "finetune.epochs=1", "finetune.batch_size=16"]
+    run_finetune(ckpt, None, [*sets, "finetune.label_fraction=0.5"], output=str(tmp / "ft"))
+    return ["--checkpoint", ckpt, "--output", str(tmp / "ft"), "--set", *sets,
+            "finetune.label_fraction=0.25"]
 
 
 class _Payload:
@@ -517,4 +550,48 @@ CASES: list[Case] = [
          _raw(), ("--checkpoint",), script="lincls"),
     Case("lincls-bad-baseline", "checkpoint", "`run_lincls.py --baseline pixels`",
          _raw("--baseline", "pixels"), ("invalid choice: 'pixels'",), script="lincls"),
+    # fine-tuning and the labelled images
+    Case("finetune-nothing", "finetune", "`run_finetune.py` without --checkpoint or --baseline",
+         _raw(), ("--checkpoint", "--baseline random-init"), script="finetune"),
+    Case("finetune-fraction-range", "finetune", "`--set finetune.label_fraction=1.5`",
+         _ft("finetune.label_fraction=1.5"), ("finetune.label_fraction=1.5", "<= 1"),
+         script="finetune"),
+    Case("finetune-fraction-zero", "finetune", "`--set finetune.label_fraction=0`",
+         _ft("finetune.label_fraction=0"), ("finetune.label_fraction", "> 0"),
+         script="finetune"),
+    Case("finetune-fraction-and-file", "finetune", "`--set finetune.label_fraction=0.1 "
+         "finetune.subset_file=1percent.txt`",
+         _ft("finetune.label_fraction=0.1", "finetune.subset_file=1percent.txt"),
+         ("finetune.label_fraction=0.1", "finetune.subset_file", "set one of them to null"),
+         script="finetune"),
+    Case("finetune-subset-missing", "finetune", "a subset file naming 2 images the image "
+         "folder does not hold", _subset_file("missing"),
+         ("names 2 image(s) that are not in the training folder",
+          "'n01440764_10026.JPEG'", "1 of 3 found"), script="finetune"),
+    Case("finetune-subset-no-files", "finetune", "a subset file with `data.name=synthetic`",
+         _subset_file("tensors"), ("finetune.subset_file", "data.name=synthetic",
+                                   "holds no files"), script="finetune"),
+    Case("finetune-other-run", "finetune", "`--output` holding the fine-tuning of the same "
+         "checkpoint at another label fraction", _finetuned_elsewhere,
+         ("holds a fine-tuning run with finetune.label_fraction=0.5", "(this one: 0.25)",
+          "--output DIR"), script="finetune"),
+    Case("finetune-layer-decay-resnet", "finetune", "`--set finetune.layer_decay=0.65` on a "
+         "ResNet", _ft("finetune.layer_decay=0.65"), ("finetune.layer_decay=0.65", "ViT",
+                                                       "finetune.layer_decay=1"),
+         script="finetune"),
+    Case("finetune-mixup-odd", "finetune", "`--set finetune.mixup=0.8 finetune.batch_size=15`",
+         _ft("finetune.mixup=0.8", "finetune.batch_size=15"), ("must be even",
+                                                                "finetune.batch_size"),
+         script="finetune"),
+    Case("finetune-randaugment-without-timm-view", "finetune",
+         "`--set finetune.rand_augment=rand-m9-mstd0.5-inc1` with `finetune.augment=crop_flip`",
+         _ft("finetune.rand_augment=rand-m9-mstd0.5-inc1"),
+         ("finetune.rand_augment", "finetune.augment=timm"), script="finetune"),
+    Case("finetune-timm-missing", "finetune", "`--set finetune.augment=timm` without timm "
+         "installed", _ft("finetune.augment=timm"), ("needs the optional package timm",
+                                                     "pip install -e '.[timm]'"),
+         script="finetune", hide_modules=("timm", "timm.data")),
+    Case("finetune-official-no-config", "finetune", "an official MoCo-v2 file without "
+         "`--config`", _official("no_config"), ("facebookresearch/moco", "carries no config",
+                                                 "--config"), script="finetune"),
 ]

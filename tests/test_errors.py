@@ -14,7 +14,7 @@ import torch
 
 from conftest import ROOT
 from error_cases import CASES, Case
-from sslkit.cli import lincls_main, pretrain_main
+from sslkit.cli import finetune_main, lincls_main, pretrain_main
 from sslkit.data.shards import main as shards_main
 from sslkit.export import main as export_main
 
@@ -28,8 +28,8 @@ def snapshot(root: Path) -> dict[str, str]:
     return out
 
 
-MAINS = {"pretrain": pretrain_main, "lincls": lincls_main, "export": export_main,
-         "shards": shards_main}
+MAINS = {"pretrain": pretrain_main, "lincls": lincls_main, "finetune": finetune_main,
+         "export": export_main, "shards": shards_main}
 
 
 @contextlib.contextmanager

@@ -90,7 +90,7 @@ def test_shard_readers_are_optional_extras_imported_lazily(extra, module):
 
 def test_console_scripts_resolve():
     scripts = _pyproject()["project"]["scripts"]
-    assert set(scripts) == {"sslkit-pretrain", "sslkit-lincls"}
+    assert set(scripts) == {"sslkit-pretrain", "sslkit-lincls", "sslkit-finetune"}
     for target in scripts.values():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func))

@@ -131,3 +131,48 @@ def test_the_authors_batchformer_recipe_equals_their_code():
                                                           "batchformer.loss_reduction=mean"])
     assert {r.key for r in recipes.problems(list(rows.values()))} == {
         "bf_training", "bf_optim", "bf_loss"}
+
+
+# --------------------------------------------------------------------------- fine-tuning
+import recipes_finetune  # noqa: E402  (scripts/recipes_finetune.py)
+
+FT_NAMES = recipes_finetune.finetune_configs()
+
+
+def _ft_rows(name: str, overrides: list[str] | None = None) -> dict[str, recipes_finetune.Row]:
+    cfg = config.load(recipes.config_path(name), overrides)
+    return {r.key: r for r in recipes_finetune.compare(cfg, recipes_finetune.RECIPES[name])}
+
+
+def test_every_fine_tuning_config_has_a_reference():
+    assert set(FT_NAMES) == set(recipes_finetune.RECIPES) == {
+        "imagenet_semisup_r50_1pct", "imagenet_semisup_r50_10pct", "imagenet_finetune_vits",
+        "imagenet_finetune_vitb"}
+    assert not set(FT_NAMES) & set(NAMES)  # not compared with the pretraining rows
+
+
+@pytest.mark.parametrize("name", FT_NAMES)
+def test_fine_tuning_recipe_matches_the_official_values(name):
+    rows = _ft_rows(name)
+    bad = [(r.key, r.status) for r in recipes_finetune.problems(list(rows.values()))]
+    assert not bad, f"configs/{name}.yaml: {bad}"
+    for key, mark in recipes_finetune.RECIPES[name].deliberate.items():
+        assert mark.reason.strip() and key in rows, (name, key)
+    core = {"optimizer", "lr", "weight_decay", "warmup", "schedule", "epochs", "batch",
+            "labels", "crop", "mix", "label_smoothing", "head_init"}
+    assert core <= set(rows), core - set(rows)
+    if "vit" in name:
+        assert {"layer_decay", "drop_path", "rand_augment", "trained"} <= set(rows)
+
+
+def test_a_wrong_fine_tuning_value_is_a_mismatch():
+    """The rows are read from the built optimizer and views, not from the keys alone."""
+    rows = _ft_rows("imagenet_semisup_r50_1pct", ["finetune.nesterov=false",
+                                                  "finetune.batch_size=1024"])
+    assert {r.key for r in recipes_finetune.problems(list(rows.values()))} == {
+        "optimizer", "lr", "batch"}
+    rows = _ft_rows("imagenet_finetune_vits", ["finetune.layer_decay=0.65",
+                                               "finetune.exclude_bias_norm=false"])
+    assert rows["layer_decay"].sslkit == pytest.approx(0.65)
+    assert {r.key for r in recipes_finetune.problems(list(rows.values()))} == {
+        "layer_decay", "no_decay"}

@@ -12,10 +12,10 @@ from sslkit.config.loading import (DEMO_CONFIG, build, demo_config_path, load, p
                                    read_yaml_file, save)
 from sslkit.config.rules import validate
 from sslkit.config.schema import (SECTIONS, AugmentConfig, BatchFormerConfig, Config,
-                                  DataConfig, EvalConfig, MethodConfig, ModelConfig,
-                                  OptimConfig, RunConfig, TrainConfig, all_keys)
+                                  DataConfig, EvalConfig, FinetuneConfig, MethodConfig,
+                                  ModelConfig, OptimConfig, RunConfig, TrainConfig, all_keys)
 
 __all__ = ["DEMO_CONFIG", "SECTIONS", "AugmentConfig", "BatchFormerConfig", "Config",
-           "DataConfig", "EvalConfig", "MethodConfig", "ModelConfig", "OptimConfig",
-           "RunConfig", "TrainConfig", "all_keys", "build", "demo_config_path", "load",
-           "parse_override", "read_yaml_file", "save", "validate"]
+           "DataConfig", "EvalConfig", "FinetuneConfig", "MethodConfig", "ModelConfig",
+           "OptimConfig", "RunConfig", "TrainConfig", "all_keys", "build", "demo_config_path",
+           "load", "parse_override", "read_yaml_file", "save", "validate"]

@@ -127,3 +127,26 @@ def validate(cfg: Config) -> None:
                           "be empty")
     if not cfg.run.output_dir.strip():
         raise ConfigError("run.output_dir is empty; give a directory, e.g. runs/my_run")
+    check_finetune(cfg)
+
+
+def check_finetune(cfg: Config) -> None:
+    """The cross-key rules of the ``finetune`` section."""
+    ft = cfg.finetune
+    if ft.label_fraction is not None and ft.subset_file is not None:
+        raise ConfigError(f"finetune.label_fraction={ft.label_fraction:g} and "
+                          f"finetune.subset_file={show(ft.subset_file)} both choose the labelled "
+                          f"images; set one of them to null")
+    if ft.warmup_epochs > 0 and ft.warmup_epochs >= ft.epochs:
+        raise ConfigError(f"finetune.warmup_epochs={ft.warmup_epochs:g} must be less than "
+                          f"finetune.epochs={ft.epochs}")
+    if ft.crop_scale[0] > ft.crop_scale[1]:
+        raise ConfigError(f"finetune.crop_scale={show(ft.crop_scale)} is invalid: the minimum "
+                          f"exceeds the maximum")
+    timm_only = [f"finetune.{k}={show(getattr(ft, k))}" for k, off in
+                 (("rand_augment", None), ("random_erasing", 0.0)) if getattr(ft, k) != off]
+    if timm_only and ft.augment != "timm":
+        verb = "belong" if len(timm_only) > 1 else "belongs"
+        raise ConfigError(f"{', '.join(timm_only)} {verb} to timm's per-image transform; set "
+                          f"finetune.augment=timm (pip install -e '.[timm]'), or put them back "
+                          f"(rand_augment=null, random_erasing=0)")

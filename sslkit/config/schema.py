@@ -278,6 +278,63 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """End-to-end fine-tuning (``run_finetune.py``): the whole backbone and a linear head.
+    The defaults are SimCLR's semi-supervised protocol for ResNets (Chen et al. 2020, B.5);
+    ``configs/imagenet_finetune_vit*.yaml`` set MoCo-v3's (DeiT's) for ViTs."""
+    epochs: int = _f(30, ge=1)
+    batch_size: int = _f(256, ge=1, help="global batch (split over processes)")
+    lr: float = _f(0.05, gt=0, help="base LR for a global batch of 256 (linear scaling)")
+    weight_decay: float = _f(0.0, ge=0)
+    optimizer: Literal["sgd", "adamw"] = _f("sgd")
+    momentum: float = _f(0.9, ge=0, lt=1, help="SGD momentum")
+    nesterov: bool = _f(True, help="SGD with Nesterov momentum (SimCLR, BYOL)")
+    betas: list[float] = _f([0.9, 0.999], ge=0, lt=1, length=2, help="AdamW betas")
+    warmup_epochs: float = _f(0.0, ge=0)
+    schedule: Literal["cosine", "constant"] = _f("cosine", help="set per step after warmup")
+    min_lr: float = _f(0.0, ge=0, help="the cosine's floor (absolute LR)")
+    exclude_bias_norm: bool = _f(False, help="no weight decay on biases, norm parameters, "
+                                 "the class token and the position embedding (timm, DeiT)")
+    layer_decay: float = _f(1.0, gt=0, le=1, help="ViT layer-wise LR decay (BEiT, MAE): the "
+                            "LR of layer i (0: patch embedding, class token, position "
+                            "embedding; j+1: block j; L+1: final norm and head) is scaled by "
+                            "layer_decay^(L+1-i); 1: off")
+    grad_clip: Optional[float] = _f(None, gt=0, help="max gradient norm (null: off)")
+    label_smoothing: float = _f(0.0, ge=0, lt=1)
+    mixup: float = _f(0.0, ge=0, help="mixup alpha (timm.data.Mixup; 0: off)")
+    cutmix: float = _f(0.0, ge=0, help="cutmix alpha (timm.data.Mixup; 0: off)")
+    mixup_prob: float = _f(1.0, ge=0, le=1, help="probability of mixup or cutmix per batch")
+    mixup_switch_prob: float = _f(0.5, ge=0, le=1, help="probability of cutmix when both")
+    augment: Literal["crop_flip", "timm"] = _f(
+        "crop_flip", help="crop_flip: random crop + flip on the device (above 64 px a random-"
+        "resized crop of crop_scale, at 28-64 px a 4 px padded crop: the light preset); timm: "
+        "timm's per-image training transform in the loader (random-resized crop of the whole "
+        "image, flip, rand_augment, random_erasing; 28-32 px images: the padded crop)")
+    crop_scale: list[float] = _f([0.08, 1.0], gt=0, le=1, length=2)
+    flip_p: float = _f(0.5, ge=0, le=1, help="horizontal flip probability")
+    interpolation: Literal["bilinear", "bicubic"] = _f("bilinear", help="of the resized crop")
+    rand_augment: Optional[str] = _f(None, help="augment=timm: timm's RandAugment string, "
+                                     "e.g. rand-m9-mstd0.5-inc1 (DeiT); null: off")
+    random_erasing: float = _f(0.0, ge=0, le=1, help="augment=timm: random erasing "
+                               "probability (pixel mode)")
+    drop_path: float = _f(0.0, ge=0, lt=1, help="ViT stochastic depth: the rate grows "
+                          "linearly to this over the blocks (timm's DropPath)")
+    head_init_std: float = _f(0.01, ge=0, help="the linear head's weight ~ N(0, std^2), bias "
+                              "0 (0: zeros, as SimCLR)")
+    sync_bn: bool = _f(False, help="SyncBatchNorm under torchrun on CUDA (SimCLR: global BN)")
+    label_fraction: Optional[float] = _f(None, gt=0, le=1, help="train on this fraction of "
+                                         "the labelled training images: class-balanced (the "
+                                         "same count per class, at least one), seeded by "
+                                         "run.seed (null: all); run_lincls takes it too")
+    subset_file: Optional[str] = _f(None, help="train on the images this file names, one "
+                                    "file name a line (SimCLR's 1percent.txt / "
+                                    "10percent.txt), matched against an image folder; "
+                                    "run_lincls takes it too")
+    eval_every: int = _f(1, ge=0, help="epochs between test evaluations (0: at the end only)")
+    checkpoint_every_steps: Optional[int] = _f(None, ge=1, help="null: once per epoch")
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -288,6 +345,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict:
         """Plain nested dict (lists, not tuples), safe for ``yaml.safe_dump``."""

@@ -25,10 +25,13 @@ Modules: :mod:`~sslkit.data.info` (the registry of the sources and their facts:
 CIFAR / STL-10 files), :mod:`~sslkit.data.synthetic`, :mod:`~sslkit.data.imagefolder`,
 :mod:`~sslkit.data.datasets` (the built-in sources, subsets), :mod:`~sslkit.data.crops`
 (two random-resized crops of a whole decoded image) and :mod:`~sslkit.data.loaders`
-(samplers and batch loaders).
+(samplers and batch loaders), :mod:`~sslkit.data.fewlabels` (the labelled images of the
+semi-supervised protocol: a class-balanced fraction, or SimCLR's subset files).
 """
 from sslkit.data.datasets import (SPLITS, InMemoryDataset, Request, build_dataset,
                                   dataset_from_config, stratified_subset)
+from sslkit.data.fewlabels import (label_fraction_indices, labelled_subset, read_subset_file,
+                                   subset_file_indices)
 from sslkit.data.readers import DEBIAN_FASHION_MNIST, read_idx
 from sslkit.data.encoded import EncodedImages
 from sslkit.data.imagefolder import IMG_EXTENSIONS, ImageFolderDataset
@@ -45,6 +48,7 @@ __all__ = ["SOURCES", "SPLITS", "DEBIAN_FASHION_MNIST", "IMAGENET_MEAN", "IMAGEN
            "IMG_EXTENSIONS", "LUMA", "DatasetInfo", "EncodedImages", "ImageFolderDataset",
            "InMemoryDataset", "ParquetImages", "TarShards",
            "Request", "TensorBatchLoader", "TrainSampler", "WorkerLoader", "build_dataset",
-           "build_loader", "dataset_from_config", "dataset_info", "normalization", "read_idx",
-           "register_dataset", "resize_side", "source", "stratified_subset",
-           "synthetic_images", "tensor_pair", "to_channels"]
+           "build_loader", "dataset_from_config", "dataset_info", "label_fraction_indices",
+           "labelled_subset", "normalization", "read_idx", "read_subset_file", "register_dataset",
+           "resize_side", "source", "stratified_subset", "subset_file_indices", "synthetic_images",
+           "tensor_pair", "to_channels"]

@@ -216,6 +216,15 @@ class WorkerLoader:
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
+    def close(self) -> None:
+        """End the persistent worker processes now. They ignore SIGTERM (the stop signals are
+        the main process's), so an exit while the loader is still referenced (by an error's
+        traceback, until the garbage collector runs) would wait for them forever."""
+        iterator = getattr(self.loader, "_iterator", None)
+        if iterator is not None:
+            iterator._shutdown_workers()
+            self.loader._iterator = None
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         before = len(self.skipped)
         for images, labels, error, skipped in self.loader:

@@ -13,7 +13,8 @@ from sslkit.io.checkpoint import PREV_NAME
 from sslkit.config import Config, save as save_config
 from sslkit.errors import UserError
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "tb", "checkpoints", "backbone.pt", "eval.json")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "tb", "checkpoints", "backbone.pt", "eval.json",
+             "finetune.json", "finetune")
 # what a run has written before its first checkpoint (--auto-resume may start it again)
 EARLY_FILES = ("config.yaml", "metrics.jsonl", "tb", "checkpoints")
 # keys whose change makes a checkpoint unusable for --resume

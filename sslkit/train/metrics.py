@@ -54,13 +54,15 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    """Pretraining progress on stdout: a tqdm bar on a terminal, plain lines otherwise."""
+    """Training progress on stdout (pretraining, fine-tuning: ``desc``): a tqdm bar on a
+    terminal, plain lines otherwise."""
 
-    def __init__(self, total: int, initial: int, enabled: bool, stream: IO | None = None):
+    def __init__(self, total: int, initial: int, enabled: bool, stream: IO | None = None,
+                 desc: str = "pretrain"):
         self.total, self.start, self.t0 = total, initial, time.time()
         self.stream = stream if stream is not None else sys.stdout
         self.enabled = enabled
-        self.bar = progress_bar(total, "pretrain", "step", enabled, leave=True,
+        self.bar = progress_bar(total, desc, "step", enabled, leave=True,
                                 initial=initial, stream=self.stream)
 
     def update(self, n: int = 1) -> None:
