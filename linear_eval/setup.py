@@ -40,7 +40,7 @@ from sslkit.io.checkpoint import load_into
 from sslkit.data import (TrainSampler, build_loader, dataset_from_config, labelled_subset,
                          normalization, tensor_pair)
 from sslkit.errors import CheckpointError, UserError
-from sslkit.export import Source, no_config_error, read_source
+from sslkit.export import Source, no_config_error, read_source, results_dir
 from sslkit.io.layouts import match_names
 from sslkit.models.backbones import backbone_from_config
 from sslkit.train.runtime import (PrecisionChoice, choose_precision, configure_cpu, resolve_device,
@@ -90,22 +90,9 @@ def build_model(cfg: config_mod.Config, state: dict | None, checkpoint: str | No
 
 def output_dir(cfg: config_mod.Config, checkpoint: str | None, baseline: str | None,
                output: str | None, run_dir: Path | None = None) -> Path:
-    """``--output``, else the checkpoint's run directory, else (a file of no sslkit run, e.g.
-    an official MoCo file) ``<its folder>/<its name without extension>_lincls/``, else (a
-    baseline without a checkpoint) ``run.output_dir``."""
-    if output is not None:
-        base = Path(output)
-    elif run_dir is not None:
-        base = run_dir
-    elif checkpoint is not None:
-        path = Path(checkpoint).resolve()
-        stem = path.name
-        for ext in (".tar", ".pth", ".pt", ".ckpt", ".bin"):
-            stem = stem[:-len(ext)] if stem.endswith(ext) and len(stem) > len(ext) else stem
-        base = path.parent / f"{stem}_lincls"
-    else:
-        base = Path(cfg.run.output_dir)
-    return base / f"baseline_{baseline.replace('-', '_')}" if baseline else base
+    """Where ``eval.json`` goes (:func:`sslkit.export.results_dir`; a file of no sslkit run:
+    ``<its name>_lincls/`` beside it)."""
+    return results_dir(checkpoint, baseline, output, run_dir, cfg.run.output_dir, "lincls")
 
 
 def data_source(ds, batch_size: int, cfg: config_mod.Config, device: torch.device, *,

@@ -1071,21 +1071,22 @@ def applicable(resolved: Resolved) -> list[Param]:
     return [p for p in PARAMS if p.applies(resolved)]
 
 
-def compare(cfg: sslconfig.Config, recipe: Recipe) -> list[Row]:
-    """One row per parameter that applies to ``cfg``. Raises KeyError when the recipe lacks
-    an official value for an applicable parameter (or has one for a parameter that does not
-    apply), so that nothing is left out silently."""
-    r = Resolved(cfg)
-    params = applicable(r)
+def judge(params: list, subject: Any, recipe: Any) -> list[tuple]:
+    """``(param, sslkit value, official, status, note)`` for each of ``params`` probed on
+    ``subject`` against ``recipe``; status "same", "deliberate", "mismatch" or "stale" (marked
+    deliberate, but the values agree or the mark names another sslkit value). Raises KeyError
+    when the recipe lacks an official value for one of ``params`` (or has one for a parameter
+    not among them), so that nothing is left out silently. Shared by
+    scripts/recipes_finetune.py."""
     keys = [p.key for p in params]
     missing = [k for k in keys if k not in recipe.official]
     extra = [k for k in recipe.official if k not in keys]
     if missing or extra:
         raise KeyError(f"{recipe.config}: no official value for {missing}; official values for "
                        f"parameters that do not apply: {extra}")
-    rows = []
+    out = []
     for p in params:
-        value, off = p.probe(r), recipe.official[p.key]
+        value, off = p.probe(subject), recipe.official[p.key]
         mark = recipe.deliberate.get(p.key)
         notes = [n.rstrip(".") for n in (off.note, recipe.notes.get(p.key, "")) if n]
         if mark is None:
@@ -1100,8 +1101,15 @@ def compare(cfg: sslconfig.Config, recipe: Recipe) -> list[Row]:
             notes.append("**UNEXPLAINED DIFFERENCE**: fix the config or record the reason")
         elif status == "stale":
             notes.append(f"**STALE MARK**: recorded for sslkit value {p.show(mark.sslkit)}")
-        rows.append(Row(p.key, p.label, value, off, status, "; ".join(notes)))
-    return rows
+        out.append((p, value, off, status, "; ".join(notes)))
+    return out
+
+
+def compare(cfg: sslconfig.Config, recipe: Recipe) -> list[Row]:
+    """One row per parameter that applies to ``cfg`` (:func:`judge`)."""
+    r = Resolved(cfg)
+    return [Row(p.key, p.label, value, off, status, note)
+            for p, value, off, status, note in judge(applicable(r), r, recipe)]
 
 
 def problems(rows: list[Row]) -> list[Row]:

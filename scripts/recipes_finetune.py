@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from recipes import Deliberate, Official, _cell, fmt, same
+from recipes import Deliberate, Official, _cell, fmt, judge
 from sslkit import config as sslconfig
 from sslkit.evaluation.classifier import build_classifier, build_optimizer, vit_blocks
 from sslkit.methods.resolve import resolved
@@ -335,32 +335,12 @@ def finetune_configs() -> list[str]:
 
 
 def compare(cfg: sslconfig.Config, recipe: Recipe) -> list[Row]:
-    """One row per parameter that applies; a missing or extra official value is a KeyError."""
+    """One row per parameter that applies; a missing or extra official value is a KeyError
+    (:func:`recipes.judge`)."""
     b = Built(cfg)
-    params = [p for p in PARAMS if p.applies(b)]
-    missing = [p.key for p in params if p.key not in recipe.official]
-    extra = [k for k in recipe.official if k not in {p.key for p in params}]
-    if missing or extra:
-        raise KeyError(f"{recipe.config}: no official value for {missing}; official values for "
-                       f"parameters that do not apply: {extra}")
-    rows = []
-    for p in params:
-        value, off, mark = p.probe(b), recipe.official[p.key], recipe.deliberate.get(p.key)
-        notes = [n.rstrip(".") for n in (off.note, recipe.notes.get(p.key, "")) if n]
-        if mark is None:
-            status = "same" if same(value, off.value) else "mismatch"
-        elif same(value, off.value) or not same(value, mark.sslkit):
-            status = "stale"
-        else:
-            status = "deliberate"
-        if status == "deliberate":
-            notes.append(f"**Differs:** {mark.reason}")
-        elif status == "mismatch":
-            notes.append("**UNEXPLAINED DIFFERENCE**: fix the config or record the reason")
-        elif status == "stale":
-            notes.append(f"**STALE MARK**: recorded for sslkit value {p.show(mark.sslkit)}")
-        rows.append(Row(p.key, p.label, value, off, status, "; ".join(notes)))
-    return rows
+    return [Row(p.key, p.label, value, off, status, note)
+            for p, value, off, status, note in judge([p for p in PARAMS if p.applies(b)], b,
+                                                     recipe)]
 
 
 def problems(rows: list[Row]) -> list[Row]:

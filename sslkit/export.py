@@ -55,6 +55,28 @@ def run_dir_of(path: str | os.PathLike) -> Path:
     return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
 
+def results_dir(checkpoint: str | None, baseline: str | None, output: str | None,
+                run_dir: Path | None, default: str, suffix: str) -> Path:
+    """Where an evaluation of ``checkpoint`` writes its results (``eval.json``,
+    ``finetune.json``): ``output``, else the checkpoint's sslkit run directory ``run_dir``,
+    else, for a file of no sslkit run (an official MoCo file), ``<its folder>/<its name
+    without extension>_<suffix>/``, else (a baseline without a checkpoint) ``default``; a
+    baseline's results go into ``baseline_<name>/`` below it."""
+    if output is not None:
+        base = Path(output)
+    elif run_dir is not None:
+        base = run_dir
+    elif checkpoint is not None:
+        path = Path(checkpoint).resolve()
+        stem = path.name
+        for ext in (".tar", ".pth", ".pt", ".ckpt", ".bin"):
+            stem = stem[:-len(ext)] if stem.endswith(ext) and len(stem) > len(ext) else stem
+        base = path.parent / f"{stem}_{suffix}"
+    else:
+        base = Path(default)
+    return base / f"baseline_{baseline.replace('-', '_')}" if baseline else base
+
+
 @dataclass(frozen=True)
 class Source:
     """A checkpoint's backbone: ``state`` (no head), ``config`` (the run's config dict, or

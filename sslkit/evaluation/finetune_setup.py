@@ -40,7 +40,7 @@ from sslkit.augment import CenterView, eval_transform_from_config
 from sslkit.data import (TrainSampler, build_loader, dataset_from_config, dataset_info,
                          labelled_subset, normalization)
 from sslkit.errors import ConfigError, UserError
-from sslkit.export import Source, no_config_error, read_source
+from sslkit.export import Source, no_config_error, read_source, results_dir
 from sslkit.methods.resolve import resolved
 from sslkit.views.supervised import CropFlip, EpochKeys, TimmTrainImages, timm_train_transform
 
@@ -79,20 +79,9 @@ def finetune_config(checkpoint: Optional[str], config_path: Optional[str],
 
 def output_dir(checkpoint: Optional[str], baseline: Optional[str], output: Optional[str],
                run_dir: Optional[Path], cfg: config_mod.Config) -> Path:
-    """Where ``finetune.json`` goes (module docstring)."""
-    if output is not None:
-        base = Path(output)
-    elif run_dir is not None:
-        base = run_dir
-    elif checkpoint is not None:
-        path = Path(checkpoint).resolve()
-        stem = path.name
-        for ext in (".tar", ".pth", ".pt", ".ckpt", ".bin"):
-            stem = stem[:-len(ext)] if stem.endswith(ext) and len(stem) > len(ext) else stem
-        base = path.parent / f"{stem}_finetune"
-    else:
-        base = Path(cfg.run.output_dir)
-    return base / f"baseline_{baseline.replace('-', '_')}" if baseline else base
+    """Where ``finetune.json`` goes (module docstring; a file of no sslkit run:
+    ``<its name>_finetune/`` beside it)."""
+    return results_dir(checkpoint, baseline, output, run_dir, cfg.run.output_dir, "finetune")
 
 
 class FullBatchSampler(TrainSampler):
