@@ -20,23 +20,20 @@ from torch import nn
 from torch.profiler import record_function
 
 from sslkit import distributed as dist_utils
-from sslkit.augment import eval_transform_from_config
 from sslkit.config import Config
-from sslkit.data import build_loader, dataset_from_config
+from sslkit.data import dataset_from_config
 from sslkit.errors import CheckpointError, ConfigError, UserError
-from sslkit.evaluation.features import extract_features
 from sslkit.export import backbone_state_dict
 from sslkit.io.checkpoint import (load_checkpoint_with_fallback, load_into, save_atomic,
                                   training_state)
 from sslkit.io.rundir import check_run_dir, compare_resume_config, open_run_dir
-from sslkit.knn import knn_accuracy
 from sslkit.methods import build_method
 from sslkit.methods.resolve import feature_dim, resolved, resolved_pair
 from sslkit.train.lifecycle import (Lifecycle, StopSignals, Verdict, agree, agree_on,
                                     explain_lost_process, signal_name, together)
-from sslkit.train.metrics import (TB_EVAL, TB_ONLINE, TB_TRAIN, MetricsLog, Progress, Summary,
-                                  print_summary)
-from sslkit.train.online_probe import OnlineProbe
+from sslkit.train.metrics import (TB_ONLINE, TB_TRAIN, MetricsLog, Progress, Summary,
+                                  hparam_columns, hparams, print_summary)
+from sslkit.train.online_probe import OnlineProbe, online_knn
 from sslkit.train.optim import build_optimizer, build_scheduler
 from sslkit.train.runtime import (choose_precision, configure_cpu, fork_rng, params_finite,
                                   resolve_device, rng_state, seed_everything, set_rng_state,
@@ -200,33 +197,6 @@ class Trainer:
         self.life.restart_clock()
 
     # ----------------------------------------------------------------- monitoring
-    @torch.no_grad()
-    def knn_monitor(self) -> dict:
-        """kNN top-1/top-5 of the backbone's features: train-split bank, test-split queries."""
-        cfg = self.cfg
-        bank, test = self.knn_sets
-        if cfg.eval.knn_bank_size and cfg.eval.knn_bank_size < len(bank):
-            g = torch.Generator().manual_seed(cfg.run.seed)
-            bank = bank.subset(torch.randperm(len(bank), generator=g)[:cfg.eval.knn_bank_size])
-        tf = eval_transform_from_config(cfg).to(self.device)
-        feats = []
-        with fork_rng(self.device):
-            for ds in (bank, test):
-                loader = build_loader(ds, cfg.eval.batch_size, train=False,
-                                      num_workers=cfg.data.num_workers,
-                                      pin_memory=self.device.type == "cuda")
-                feats.append(extract_features(self.method.backbone, loader, self.device,
-                                              self.precision, transform=tf,
-                                              batch_size=cfg.eval.batch_size))
-        (fb, yb), (ft, yt) = feats
-        num_classes = int(max(yb.max(), yt.max())) + 1
-        top1, top5 = knn_accuracy(fb, yb, ft, yt, num_classes, k=cfg.eval.knn_k,
-                                  temperature=cfg.eval.knn_t)
-        out = {"knn_top1": round(top1, 3), "knn_top5": round(top5, 3)}
-        if self.probe is not None:  # the online probe on the same test features
-            out["probe_test_top1"] = self.probe.accuracy(ft, yt)
-        return out
-
     def aug_grid(self, log: MetricsLog, step: int) -> None:
         """Eight training images and their two views (the preview's grid) in TensorBoard."""
         if not (self.main and self.cfg.run.tensorboard):
@@ -260,26 +230,11 @@ class Trainer:
         finally:
             self.signals.restore()
             bar.close()
-            log.close(self._hparams() if finished else None, self._hparam_metrics())
+            log.close(hparams(cfg) if finished else None,
+                      hparam_columns(self.knn_sets is not None, self.probe is not None))
         return Summary(str(self.run_dir), step, step // self.steps_per_epoch, last_loss,
                        knn["knn_top1"] if knn else None, time.time() - t_start, self.skipped,
                        str(backbone_path) if finished and main else None, stopped)
-
-    def _hparams(self) -> dict:
-        c = self.cfg
-        # strings, not booleans: TensorBoard's HParams table shows a boolean as 0.0000 / 1.0000
-        bf = c.batchformer.version if c.batchformer.enabled else "off"
-        return {"method": c.method.name, "backbone": c.model.backbone, "width": c.model.width,
-                "batchformer": bf, "dataset": c.data.name,
-                "epochs": c.train.epochs, "batch_size": c.train.batch_size,
-                "lr": c.optim.lr, "optimizer": c.optim.name,
-                "temperature": float(c.method.temperature)}
-
-    def _hparam_metrics(self) -> list[str]:
-        """The HParams columns this run fills: the online ones only when it measures them."""
-        online = [f"{TB_ONLINE}/knn_top1"] if self.knn_sets is not None else []
-        online += [f"{TB_ONLINE}/probe_test_top1"] if self.probe is not None and online else []
-        return [f"{TB_TRAIN}/loss", *online, f"{TB_EVAL}/knn_top1", f"{TB_EVAL}/linear_top1"]
 
     def train_step(self, images, labels: torch.Tensor) -> StepResult:
         """One optimizer step of this run on a batch from its loader (uint8 images), exactly
@@ -393,7 +348,8 @@ class Trainer:
                 ep % cfg.eval.knn_every == 0 or step == self.total_steps):
             measured: dict = {}
             # rank 0 alone; a data error there ends every rank with its line
-            together(lambda: self.main and measured.update(self.knn_monitor()))
+            together(lambda: self.main and measured.update(online_knn(
+                cfg, self.method.backbone, self.knn_sets, self.device, self.precision, self.probe)))
             if measured:
                 knn = measured
                 log.write({"step": step, "epoch": ep, **knn}, TB_ONLINE)

@@ -143,6 +143,25 @@ class MetricsLog:
             self.tb.close()
 
 
+def hparams(c) -> dict:
+    """A run's row in TensorBoard's HParams tab (``c``: its Config): strings, not booleans
+    (the table shows a boolean as 0.0000 / 1.0000)."""
+    bf = c.batchformer.version if c.batchformer.enabled else "off"
+    return {"method": c.method.name, "backbone": c.model.backbone, "width": c.model.width,
+            "batchformer": bf, "dataset": c.data.name,
+            "epochs": c.train.epochs, "batch_size": c.train.batch_size,
+            "lr": c.optim.lr, "optimizer": c.optim.name,
+            "temperature": float(c.method.temperature)}
+
+
+def hparam_columns(knn: bool, probe: bool) -> list[str]:
+    """The HParams columns a run fills: the online ones only when it measures them (the
+    online kNN; the online probe's test accuracy, measured with it)."""
+    online = [f"{TB_ONLINE}/knn_top1"] if knn else []
+    online += [f"{TB_ONLINE}/probe_test_top1"] if probe and online else []
+    return [f"{TB_TRAIN}/loss", *online, f"{TB_EVAL}/knn_top1", f"{TB_EVAL}/linear_top1"]
+
+
 @dataclasses.dataclass
 class Summary:
     run_dir: str
