@@ -218,6 +218,20 @@ class TrainConfig:
         "last one (rank 0's clock; every process follows); bounds the work a kill -9 loses "
         "(null: off)")
     nan_policy: Literal["stop", "skip"] = _f("stop")
+    on_collapse: Literal["warn", "stop"] = _f(
+        "warn", help="when a collapse signal (rankme, embed_std) falls under its threshold: "
+        "one warning line, or a checkpoint and a stop with exit code 4 (docs/monitoring.md)")
+    spike_policy: Literal["none", "rollback"] = _f(
+        "none", help="rollback: a loss spike (non-finite, or above spike_factor x the median "
+        "of the last spike_window steps) restores the last good state kept in memory and "
+        "multiplies the LR by spike_lr_factor for the rest of the run")
+    spike_factor: float = _f(2.0, gt=1, help="a finite loss above this times the median of "
+                             "the last spike_window steps is a spike")
+    spike_window: int = _f(50, ge=2, help="steps in the median; also the spacing of the "
+                           "in-memory snapshots a rollback restores")
+    spike_lr_factor: float = _f(0.5, gt=0, le=1, help="the LR multiplier of each rollback")
+    spike_retries: int = _f(3, ge=1, help="rollbacks without getting past the spike's step "
+                            "before the run stops with one line")
 
 
 @dataclass(frozen=True)

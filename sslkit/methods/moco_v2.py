@@ -139,6 +139,11 @@ class MoCoV2(MoCoBase):
         return [F.normalize(k.float(), dim=1) for k in streams]
 
     # ------------------------------------------------------------------ queue
+    def settling_steps(self, global_batch: int) -> int:
+        """The steps that fill the queue with real keys: the loss rises from ~0 until then."""
+        return -(-self.queue_size // _keys_per_step(global_batch, self.symmetric,
+                                                    self.keys_both)[0])
+
     def _check_batch(self, batch: int) -> None:
         """The config rules for the batch this process actually sees (once per batch size)."""
         world = dist.get_world_size()
@@ -171,7 +176,9 @@ class MoCoV2(MoCoBase):
             self._check_batch(view1.shape[0])
         queue = self.queue.clone()  # the enqueue below must not touch what autograd saved
         k2 = self._keys(view2)
-        parts = [self._term(self._queries(view1), k2, queue)]
+        q1 = self._queries(view1)
+        self._observe(q1, k2[0])
+        parts = [self._term(q1, k2, queue)]
         keys = k2
         if self.symmetric:
             k1 = self._keys(view1)
