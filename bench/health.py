@@ -13,6 +13,8 @@ state and of the optimizer's, built on the CPU, not trained).
     python bench/health.py                   # CPU, the three demos (about 5 minutes, 2 cores)
     python bench/health.py --sizes --no-write
     python bench/health.py --configs configs/demo.yaml --steps 1 --blocks 2 --batch 32 --no-write
+    python bench/health.py --device cuda --configs configs/imagenet_mocov2_200ep.yaml \
+        --set data.name=synthetic data.synthetic_train=4096 data.image_size=224
 """
 from __future__ import annotations
 
@@ -45,8 +47,8 @@ SLOTS = {"sgd": 1, "lars": 1, "adamw": 2}  # optimizer state tensors per trained
 
 def cost_row(path: str, args, device: torch.device, precision: str) -> str:
     items = [f"train.batch_size={args.batch}"] if args.batch else []
-    trainer = bench_trainer([*items, "train.spike_policy=rollback"], device, precision,
-                            str(ROOT / path))
+    trainer = bench_trainer([*items, *args.overrides, "train.spike_policy=rollback"], device,
+                            precision, str(ROOT / path))
     steps = EngineSteps(trainer)
     steps.run(trainer.health.batches)  # the buffer full, as at any log step of a run
 
@@ -91,6 +93,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None, help="default: the config's")
     p.add_argument("--steps", type=int, default=3, help="steps per timed block")
     p.add_argument("--blocks", type=int, default=5)
+    p.add_argument("--set", nargs="+", default=[], dest="overrides", metavar="KEY=VALUE",
+                   help="more config overrides (e.g. synthetic data for an ImageNet recipe)")
     p.add_argument("--sizes", action="store_true", help="only the guard's memory per recipe")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
