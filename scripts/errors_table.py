@@ -32,7 +32,10 @@ the messages are the real ones (temporary paths shortened to `<tmp>`).
 Also covered elsewhere: the config loader and the `--set` parser are fuzzed with hypothesis
 (`tests/test_fuzz.py`): no input produces a traceback. A NaN/inf loss stops the run with one
 line naming the step (`train.nan_policy=stop`, the default) and keeps the last finite
-checkpoint; a full disk while writing a checkpoint keeps the previous one.
+checkpoint; with `train.spike_policy=rollback` a loss that keeps spiking stops with one line
+after `train.spike_retries` rollbacks (exit code 2); the collapse alarm's stop
+(`train.on_collapse=stop`) is one line with exit code 4 ([monitoring.md](monitoring.md)); a
+full disk while writing a checkpoint keeps the previous one.
 
 | case | family | input | message |
 |---|---|---|---|

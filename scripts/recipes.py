@@ -112,7 +112,7 @@ BF_JOINT_BOTH = "both streams together (2B rows), in the momentum projector too"
 BF_JOINT_PLAIN = ("both streams together (2B rows) in the online heads; the momentum "
                   "projector sees the B plain keys")
 BF_PER_STREAM = "each stream on its own (B rows); running statistics from the plain stream"
-SSLKIT_KNN_FEATURES = "backbone output"                      # sslkit/train/engine.py knn_monitor
+SSLKIT_KNN_FEATURES = "backbone output"                      # sslkit/train/online_probe.py online_knn
 SSLKIT_PROBE_LR_RULE = "linear"                              # linear_eval/standard.py
 
 

@@ -4,7 +4,8 @@
 Exit codes: 0 ok (also "already finished"); 2 a user error, printed as ONE line ``error: ...``
 on stderr (no traceback); 1 an internal error (with its traceback, so it can be reported);
 3 a process of a torchrun run stopped answering within ``run.dist_timeout_s`` or ended (one
-line); 130 interrupted (Ctrl-C), with the command that continues the run; 143 / 138 stopped
+line); 4 the collapse alarm stopped the run (``train.on_collapse: stop``) after a checkpoint of
+its step (one line, docs/monitoring.md); 130 interrupted (Ctrl-C), with the command that continues the run; 143 / 138 stopped
 by SIGTERM / SIGUSR1 after writing a checkpoint of the step reached (128 + the signal's
 number, see :mod:`sslkit.train.lifecycle`).
 

@@ -37,6 +37,11 @@ class ProcessGroupError(Exception):
     input nor a bug; the same command with ``--auto-resume`` continues the run)."""
 
 
+class RunCollapsed(Exception):
+    """The collapse alarm stopped the run (``train.on_collapse: stop``) after a checkpoint of
+    its step: exit code 4 (the input may be fine; the run learns nothing worth its time)."""
+
+
 class Interrupted(Exception):
     """Ctrl-C, with what to do next (:func:`guard` prints it as one line, exit code 130)."""
 
@@ -52,8 +57,8 @@ def guard(fn: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None,
           interrupted: str = "interrupted") -> int:
     """Run a command-line main ``fn(argv)``: a :class:`UserError` becomes one line
     ``error: ...`` on stderr and exit code 2; a :class:`ProcessGroupError` likewise with exit
-    code 3; Ctrl-C prints ``error: <interrupted>`` and exits 130; anything else propagates
-    (exit 1 with its traceback)."""
+    code 3, a :class:`RunCollapsed` with exit code 4; Ctrl-C prints ``error: <interrupted>``
+    and exits 130; anything else propagates (exit 1 with its traceback)."""
     try:
         return fn(argv)
     except UserError as e:
@@ -64,6 +69,10 @@ def guard(fn: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None,
         sys.stdout.flush()
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except RunCollapsed as e:
+        sys.stdout.flush()
+        print(f"error: {e}", file=sys.stderr)
+        return 4
     except KeyboardInterrupt:
         sys.stdout.flush()
         print(f"error: {interrupted}", file=sys.stderr)

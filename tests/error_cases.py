@@ -388,6 +388,11 @@ CASES: list[Case] = [
          _set("run.dist_timeout_s=0"), ("run.dist_timeout_s",)),
     Case("checkpoint-minutes-zero", "config", "`--set train.checkpoint_every_minutes=0`",
          _set("train.checkpoint_every_minutes=0"), ("train.checkpoint_every_minutes",)),
+    Case("on-collapse-unknown", "config", "`--set train.on_collapse=halt`",
+         _set("train.on_collapse=halt"), ("train.on_collapse=halt", "'warn', 'stop'")),
+    Case("spike-factor-one", "config", "`--set train.spike_factor=1` (a spike is a loss above "
+         "this times the median)", _set("train.spike_factor=1"),
+         ("train.spike_factor", "must be > 1")),
     Case("batch-too-large", "config", "`--set train.batch_size=128` with 64 images",
          _set("train.batch_size=128", "method.queue_size=128"),
          ("train.batch_size=128", "64 training images")),

@@ -49,7 +49,8 @@ def test_the_pretraining_benchmarks_call_the_engine_step():
     """Each pretraining benchmark calls Trainer.train_step, itself or through
     common.EngineSteps (whose run() calls it): a call, not a mention in a comment."""
     assert "train_step" in _calls(ROOT / "bench" / "common.py")
-    for name in ("pretrain.py", "bfv2.py", "gpu_r50.py", "breakdown.py", "online_probe.py"):
+    for name in ("pretrain.py", "bfv2.py", "gpu_r50.py", "breakdown.py", "online_probe.py",
+                 "health.py"):
         assert _calls(ROOT / "bench" / name) & {"train_step", "EngineSteps"}, name
 
 

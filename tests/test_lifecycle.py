@@ -375,3 +375,35 @@ def test_a_frozen_rank_ends_the_job_with_the_timeout_line(tmp_path):
     assert lines == [lines[0]] and lines[0].startswith(
         "error: a process did not answer within run.dist_timeout_s=30 s"), text[-3000:]
     assert not re.search(r'File ".*sslkit', text)  # one line, no traceback of ours
+
+
+def test_a_data_error_in_rank_0s_online_knn_ends_both_ranks_with_its_line(tmp_path):
+    """The online kNN runs on rank 0 alone while rank 1 waits (``together``): an image of
+    the test split that cannot be decoded ends both ranks with the same one line, not rank 1
+    with 'another process of the run ended'."""
+    from PIL import Image
+
+    data = tmp_path / "imgs"
+    for split, n in (("train", 16), ("val", 2)):
+        for c, cls in enumerate(("a", "b")):
+            (data / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (20, 20), (40 + 100 * c, 8 * i, 90)).save(
+                    data / split / cls / f"{i}.png")
+    (data / "val" / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    items = tiny_overrides(tmp_path / "run", epochs=1, extra=[
+        "data.name=imagefolder", f"data.root={data}", "eval.knn_every=1",
+        "run.tensorboard=false", "run.num_threads=1", "run.aug_grid_every=0",
+        "run.dist_timeout_s=120"])
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2", str(ROOT / "run_pretrain.py"),
+           *[a for it in items for a in ("--set", it)]]
+    with Launch(cmd, tmp_path / "knn.log") as run:  # every process ended at exit
+        code = run.wait(300)
+        text = run.output
+    assert code != 0
+    lines = [ln for ln in text.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 2 and lines[0] == lines[1], text[-4000:]  # one line per rank, equal
+    assert "broken.png" in lines[0] and "data.skip_corrupt" in lines[0]
+    assert _logged_steps(tmp_path / "run") == [1, 2]  # 32 images, 16 per step: the epoch ran
+    assert "another process" not in text and not re.search(r'File ".*sslkit', text)

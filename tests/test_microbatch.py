@@ -82,10 +82,14 @@ def test_moco_v2_micro_batches_are_the_whole_step_with_the_matching_bn_split(tmp
     assert torch.equal(whole_state["queue_ptr"], micro_state["queue_ptr"])  # 3 x 16 keys
 
 
-def test_the_online_probe_sees_the_whole_batch(tmp_path):
+def test_the_online_probe_and_the_health_signals_see_the_whole_batch(tmp_path):
+    """Plain accumulation keeps what forward keeps: view 1's features (the online probe) and
+    its plain queries with their keys (the health signals), for the whole batch."""
     t = trainer(tmp_path, "probe", 4, ["method.bn_splits=4"])
     three_steps(t)
-    assert t.method.features.shape[0] == 16
+    q, k = t.method.observed
+    assert t.method.features.shape[0] == 16 and q.shape == k.shape and q.shape[0] == 16
+    assert not q.requires_grad
 
 
 # --------------------------------------------------------------------------- = N processes

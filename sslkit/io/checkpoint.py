@@ -16,7 +16,9 @@ in is refused, never run.
      "skipped_steps": int,              # non-finite steps skipped (train.nan_policy=skip)
      "data": {"steps_per_epoch": int, "seed": int},   # checked on resume
      "config": Config.to_dict(), "rng": [one RNG state per process],
-     "online_probe": ...}                # with eval.online_probe only
+     "online_probe": ...,               # with eval.online_probe only
+     "spikes": {"lr_factor", "window", "retries", "rollbacks", "spike_step"}}
+                                        # the loss-spike guard (sslkit.train.spikes)
 """
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ PREV_NAME = "prev.pt"
 
 def training_state(*, model: dict, optimizer: dict, scheduler: dict, scaler: dict, step: int,
                    steps_per_epoch: int, seed: int, skipped_steps: int, config: dict,
-                   rng: list, online_probe: dict | None = None) -> dict:
+                   rng: list, online_probe: dict | None = None,
+                   spikes: dict | None = None) -> dict:
     """The dict ``last.pt`` holds after ``step`` optimizer steps (the layout above), marked
     with this file's :data:`FORMAT` and :data:`VERSION`; ``rng`` has one state per process."""
     state = {"format": FORMAT, "version": VERSION, "model": model, "optimizer": optimizer,
@@ -49,6 +52,8 @@ def training_state(*, model: dict, optimizer: dict, scheduler: dict, scaler: dic
              "skipped_steps": skipped_steps, "config": config, "rng": rng}
     if online_probe is not None:
         state["online_probe"] = online_probe
+    if spikes is not None:
+        state["spikes"] = spikes
     return state
 
 

@@ -100,6 +100,7 @@ class MoCoBase(nn.Module):
         self.features: Tensor | None = None  # the last batch's plain features (online probe)
         # set by the training step for train.micro_batch: how the backbones run (in pieces)
         self.micro: MicroBackbones | None = None
+        self.observed: tuple[Tensor, Tensor] | None = None  # plain queries, positive keys
 
     def _build_batchformer(self, bf: BatchFormerConfig, feat_dim: int) -> nn.Module | None:
         """BatchFormer (v1) on the features, or BatchFormerV2 between the blocks of a ViT;
@@ -203,6 +204,16 @@ class MoCoBase(nn.Module):
         h = self._features(x)
         self.features = h[:x.shape[0]].detach()
         return self._streamwise(self._heads, self, h, x.shape[0])
+
+    def settling_steps(self, global_batch: int) -> int:
+        """Steps before the loss is comparable from one step to the next (the loss-spike
+        window of :mod:`sslkit.train.spikes` starts after them); none by default."""
+        return 0
+
+    def _observe(self, q: Tensor, k: Tensor) -> None:
+        """Keep the first direction's plain queries q[:B] and their positive keys k (B, d),
+        detached, uncopied, for :mod:`sslkit.train.health` (the loss does not see it)."""
+        self.observed = (q[:k.shape[0]].detach(), k.detach())
 
     # ------------------------------------------------------------------ losses
     def _contrast(self, q: Tensor, b: int, keys: list[Tensor],

@@ -22,38 +22,12 @@ from torch.profiler import record_function
 
 from sslkit import distributed as dist
 from sslkit.config import BatchFormerConfig, Config, MethodConfig
-from sslkit.errors import ConfigError
 from sslkit.losses import moco_v2_loss, moco_v2_similarities
 from sslkit.methods.base import MoCoBase, Stats
 from sslkit.methods.registry import register
 from sslkit.models.heads import build_mlp
-from sslkit.models.splitbn import convert_split_bn
-
-
-def check_queue_size(queue_size: int, per_step: int, detail: str) -> None:
-    """MoCo-v2's queue must be a multiple of the keys enqueued per step (``per_step``, made
-    of ``detail``), so that every step writes one contiguous block."""
-    if queue_size % per_step:
-        ok = max(per_step, queue_size // per_step * per_step)
-        raise ConfigError(f"method.queue_size={queue_size} must be a multiple of the keys "
-                          f"enqueued per step ({per_step} = {detail}); e.g. "
-                          f"--set method.queue_size={ok}")
-
-
-def check_bn_splits(batch: int, bn_splits: int, what: str = "train.batch_size") -> None:
-    """One-process shuffle-BN splits the batch into ``bn_splits`` equal groups."""
-    if batch % bn_splits:
-        raise ConfigError(f"{what}={batch} must be divisible by method.bn_splits={bn_splits} "
-                          f"(shuffle-BN groups); change one of them, or --set "
-                          f"method.bn_splits=1")
-
-
-def _keys_per_step(batch: int, symmetric: bool, keys_both: bool) -> tuple[int, str]:
-    """(keys enqueued per step for a global batch, what they are made of)."""
-    streams = 2 if keys_both else 1
-    return (batch * (2 if symmetric else 1) * streams,
-            (" x 2 (symmetric)" if symmetric else "")
-            + (" x 2 (batchformer.keys=both enqueues both key streams)" if keys_both else ""))
+from sslkit.methods.queue_rules import check_bn_splits, check_queue_size, keys_per_step
+from sslkit.models.splitbn import convert_split_bn, from_groups
 
 
 @register("mocov2")
@@ -82,7 +56,7 @@ class MoCoV2(MoCoBase):
         """The rules of a config for MoCo-v2 (its method keys resolved): the queue holds whole
         steps of keys; one-process shuffle-BN groups divide the batch."""
         m, bf = cfg.method, cfg.batchformer
-        per_step, detail = _keys_per_step(cfg.train.batch_size, m.symmetric,
+        per_step, detail = keys_per_step(cfg.train.batch_size, m.symmetric,
                                           bf.enabled and bf.keys == "both")
         check_queue_size(int(m.queue_size), per_step, "train.batch_size" + detail)
         if m.shuffle_bn and m.bn_splits > 1:
@@ -141,13 +115,18 @@ class MoCoV2(MoCoBase):
         return [F.normalize(k.float(), dim=1) for k in streams]
 
     # ------------------------------------------------------------------ queue
+    def settling_steps(self, global_batch: int) -> int:
+        """The steps that fill the queue with real keys: the loss rises from ~0 until then."""
+        return -(-self.queue_size // keys_per_step(global_batch, self.symmetric,
+                                                    self.keys_both)[0])
+
     def _check_batch(self, batch: int) -> None:
         """The config rules for the batch this process actually sees (once per batch size)."""
         world = dist.get_world_size()
         if self._checked == (batch, world):
             return
         check_bn_splits(batch, self.bn_splits, what="the per-process batch")
-        per_step, detail = _keys_per_step(batch * world, self.symmetric, self.keys_both)
+        per_step, detail = keys_per_step(batch * world, self.symmetric, self.keys_both)
         check_queue_size(self.queue_size, per_step,
                          f"batch {batch} x {world} process(es)" + detail)
         self._checked = (batch, world)
@@ -187,23 +166,23 @@ class MoCoV2(MoCoBase):
         views = [(view1, self._keys(view2))]
         if self.symmetric:
             views.append((view2, self._keys(view1)))
-        total, sums, features = 0.0, {}, []
+        total, sums, features, queries = 0.0, {}, [], []
         for piece in pieces:
             parts = []
             for x, keys in views:
-                parts.append(self._term(self._queries(x[piece]), [k[piece] for k in keys], queue))
-                if x is view1:  # the online probe's features: view 1's, as forward keeps them
+                q = self._queries(x[piece])
+                parts.append(self._term(q, [k[piece] for k in keys], queue))
+                if x is view1:  # what forward keeps of view 1: the probe's features, q1
                     features.append((piece, self.features))
+                    queries.append((piece, q.detach()))
             loss, stats = self._merge(parts)
             weight = (view1[piece].shape[0]) / b
             backward(loss * weight)
             total = total + loss.detach() * weight
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v * weight
-        first = features[0][1]
-        self.features = first.new_empty(b, *first.shape[1:])
-        for piece, f in features:
-            self.features[piece] = f
+        self.features = from_groups(features, b)
+        self._observe(from_groups(queries, b), views[0][1][0])
         with record_function("sslkit.queue"):
             self._enqueue(torch.cat([k for _, keys in reversed(views) for k in keys]))
         return total, sums
@@ -214,7 +193,9 @@ class MoCoV2(MoCoBase):
             self._check_batch(view1.shape[0])
         queue = self.queue.clone()  # the enqueue below must not touch what autograd saved
         k2 = self._keys(view2)
-        parts = [self._term(self._queries(view1), k2, queue)]
+        q1 = self._queries(view1)
+        self._observe(q1, k2[0])
+        parts = [self._term(q1, k2, queue)]
         keys = k2
         if self.symmetric:
             k1 = self._keys(view1)

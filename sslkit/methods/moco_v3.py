@@ -91,4 +91,5 @@ class MoCoV3(MoCoBase):
         b = view1.shape[0]
         q1, q2 = self._queries(view1), self._queries(view2)
         k1, k2 = self._keys(view1), self._keys(view2)
+        self._observe(q1, k2[0][dist.get_rank() * b:(dist.get_rank() + 1) * b])  # own keys
         return self._merge([self._term(q1, k2, b), self._term(q2, k1, b)])

@@ -99,3 +99,12 @@ def splits_set(module: nn.Module, splits: int) -> Iterator[None]:
     finally:
         for m, s in zip(found, saved):
             m.splits = s
+
+
+def from_groups(parts: list[tuple[slice, torch.Tensor]], batch: int) -> torch.Tensor:
+    """The rows of a batch of ``batch`` assembled from its groups ``(index slice, rows)``,
+    e.g. the strided micro-batches ``x[m::M]`` of ``train.micro_batch``."""
+    out = parts[0][1].new_empty(batch, *parts[0][1].shape[1:])
+    for group, rows in parts:
+        out[group] = rows
+    return out

@@ -19,27 +19,26 @@ import torch
 from torch.profiler import record_function
 
 from sslkit import distributed as dist_utils
-from sslkit.augment import eval_transform_from_config
 from sslkit.config import Config
-from sslkit.data import build_loader, dataset_from_config
-from sslkit.errors import CheckpointError, ConfigError, UserError
-from sslkit.evaluation.features import extract_features
+from sslkit.data import dataset_from_config
+from sslkit.errors import CheckpointError, ConfigError, RunCollapsed, UserError
 from sslkit.export import backbone_state_dict
 from sslkit.io.checkpoint import (load_checkpoint_with_fallback, load_into, save_atomic,
                                   training_state)
 from sslkit.io.rundir import check_run_dir, compare_resume_config, open_run_dir
-from sslkit.knn import knn_accuracy
 from sslkit.methods.resolve import feature_dim, resolved, resolved_pair
+from sslkit.train.health import Health
 from sslkit.train.lifecycle import (Lifecycle, StopSignals, Verdict, agree, agree_on,
                                     explain_lost_process, signal_name, together)
+from sslkit.train.metrics import (TB_HEALTH, TB_ONLINE, TB_TRAIN, MetricsLog, Progress,
+                                  Summary, hparam_columns, hparams, print_summary)
 from sslkit.train.model import training_model
-from sslkit.train.metrics import (TB_EVAL, TB_ONLINE, TB_TRAIN, MetricsLog, Progress, Summary,
-                                  print_summary)
-from sslkit.train.online_probe import OnlineProbe
-from sslkit.train.optim import build_optimizer, build_scheduler
+from sslkit.train.online_probe import OnlineProbe, online_knn
+from sslkit.train.optim import build_optimizer, build_scheduler, warmup_steps
 from sslkit.train.runtime import (choose_precision, configure_cpu, fork_rng, params_finite,
                                   resolve_device, rng_state, seed_everything, set_rng_state,
                                   share_cores_with_workers)
+from sslkit.train.spikes import Rollback, SpikeGuard
 from sslkit.train.step import StepResult, TrainingDiverged, TrainStep
 from sslkit.views.grid import augmentation_grid
 from sslkit.views.pipeline import build_pretrain_input
@@ -88,6 +87,12 @@ class Trainer:
                                  self.scaler, self.input.to_views, self.device,
                                  self.precision, self.total_steps, self.steps_per_epoch,
                                  self.probe)
+        # the collapse signals and alarm, the loss-spike rollback (docs/monitoring.md)
+        self.health = Health(feature_dim(cfg), self.local_batch)
+        self.spikes = SpikeGuard(cfg.train, self.method, self.optimizer, self.scheduler,
+                                 self.scaler, self.stepper, self.probe,
+                                 warmup_steps(cfg.optim, self.steps_per_epoch)
+                                 + self.method.settling_steps(cfg.train.batch_size))
         if resume:
             together(self._load_resume_state)
         else:  # per-rank randomness for augmentation (after the identical init)
@@ -160,6 +165,7 @@ class Trainer:
             self.probe.load_state_dict(ckpt["online_probe"])
         self.start_step = self.step = self.saved_at = int(ckpt["step"])
         self.stepper.skipped = int(ckpt.get("skipped_steps", 0))
+        self.spikes.load_state_dict(ckpt.get("spikes"))
         rngs = ckpt["rng"]
         set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
         self.ckpt_source = source
@@ -178,7 +184,8 @@ class Trainer:
             scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), step=step,
             steps_per_epoch=self.steps_per_epoch, seed=self.cfg.run.seed,
             skipped_steps=self.stepper.skipped, config=self.cfg.to_dict(), rng=rngs,
-            online_probe=self.probe.state_dict() if self.probe is not None else None)
+            online_probe=self.probe.state_dict() if self.probe is not None else None,
+            spikes=self.spikes.state_dict())
 
     def save_checkpoint(self, step: int) -> None:
         if not params_finite(self.method):
@@ -191,33 +198,6 @@ class Trainer:
         self.life.restart_clock()
 
     # ----------------------------------------------------------------- monitoring
-    @torch.no_grad()
-    def knn_monitor(self) -> dict:
-        """kNN top-1/top-5 of the backbone's features: train-split bank, test-split queries."""
-        cfg = self.cfg
-        bank, test = self.knn_sets
-        if cfg.eval.knn_bank_size and cfg.eval.knn_bank_size < len(bank):
-            g = torch.Generator().manual_seed(cfg.run.seed)
-            bank = bank.subset(torch.randperm(len(bank), generator=g)[:cfg.eval.knn_bank_size])
-        tf = eval_transform_from_config(cfg).to(self.device)
-        feats = []
-        with fork_rng(self.device):
-            for ds in (bank, test):
-                loader = build_loader(ds, cfg.eval.batch_size, train=False,
-                                      num_workers=cfg.data.num_workers,
-                                      pin_memory=self.device.type == "cuda")
-                feats.append(extract_features(self.method.backbone, loader, self.device,
-                                              self.precision, transform=tf,
-                                              batch_size=cfg.eval.batch_size))
-        (fb, yb), (ft, yt) = feats
-        num_classes = int(max(yb.max(), yt.max())) + 1
-        top1, top5 = knn_accuracy(fb, yb, ft, yt, num_classes, k=cfg.eval.knn_k,
-                                  temperature=cfg.eval.knn_t)
-        out = {"knn_top1": round(top1, 3), "knn_top5": round(top5, 3)}
-        if self.probe is not None:  # the online probe on the same test features
-            out["probe_test_top1"] = self.probe.accuracy(ft, yt)
-        return out
-
     def aug_grid(self, log: MetricsLog, step: int) -> None:
         """Eight training images and their two views (the preview's grid) in TensorBoard."""
         if not (self.main and self.cfg.run.tensorboard):
@@ -251,31 +231,18 @@ class Trainer:
         finally:
             self.signals.restore()
             bar.close()
-            log.close(self._hparams() if finished else None, self._hparam_metrics())
+            log.close(hparams(cfg) if finished else None,
+                      hparam_columns(self.knn_sets is not None, self.probe is not None))
         return Summary(str(self.run_dir), step, step // self.steps_per_epoch, last_loss,
                        knn["knn_top1"] if knn else None, time.time() - t_start, self.skipped,
-                       str(backbone_path) if finished and main else None, stopped)
-
-    def _hparams(self) -> dict:
-        c = self.cfg
-        # strings, not booleans: TensorBoard's HParams table shows a boolean as 0.0000 / 1.0000
-        bf = c.batchformer.version if c.batchformer.enabled else "off"
-        return {"method": c.method.name, "backbone": c.model.backbone, "width": c.model.width,
-                "batchformer": bf, "dataset": c.data.name,
-                "epochs": c.train.epochs, "batch_size": c.train.batch_size,
-                "lr": c.optim.lr, "optimizer": c.optim.name,
-                "temperature": float(c.method.temperature)}
-
-    def _hparam_metrics(self) -> list[str]:
-        """The HParams columns this run fills: the online ones only when it measures them."""
-        online = [f"{TB_ONLINE}/knn_top1"] if self.knn_sets is not None else []
-        online += [f"{TB_ONLINE}/probe_test_top1"] if self.probe is not None and online else []
-        return [f"{TB_TRAIN}/loss", *online, f"{TB_EVAL}/knn_top1", f"{TB_EVAL}/linear_top1"]
+                       str(backbone_path) if finished and main else None, stopped,
+                       self.health.summary(), self.spikes.rollbacks, self.spikes.lr_factor)
 
     def train_step(self, images, labels: torch.Tensor) -> StepResult:
         """One optimizer step of this run on a batch from its loader (uint8 images), exactly
         as :meth:`fit` runs it (:class:`sslkit.train.step.TrainStep`); advances :attr:`step`."""
         result = self.stepper.step(images, labels, self.step)
+        self.health.observe(self.method)
         self.step += 1
         return result
 
@@ -314,6 +281,7 @@ class Trainer:
         while self.step < self.total_steps:
             batches, batch = self.batches(), ()
             while batch is not None:
+                at = self.step
                 try:
                     batch, problem = next(batches, None), None
                 except UserError as e:
@@ -322,6 +290,8 @@ class Trainer:
                 if verdict.failed:
                     agree(problem)
                 yield batch, verdict
+                if batch is not None and self.step != at + 1:
+                    break  # a rollback moved the step back: the data order from there
 
     def _train(self, log: MetricsLog, bar: Progress, stop_after: int | None
                ) -> tuple[int, float | None, dict | None, int]:
@@ -333,6 +303,7 @@ class Trainer:
         last_loss, knn = None, None
         t_log, n_log = time.time(), 0
         self.method.train()
+        self.spikes.start(self.step)
         for batch, verdict in self._polled_batches():
             if (verdict.stop or verdict.checkpoint) and self.saved_at != self.step:
                 self.save_checkpoint(self.step)
@@ -342,6 +313,10 @@ class Trainer:
                 continue
             images, labels = batch
             result = self.train_step(images, labels)
+            rollback = self.spikes.check(self.step, result.loss)
+            if rollback is not None:
+                self._rolled_back(log, bar, rollback)
+                continue
             step = self.step
             n_log += labels.shape[0] * self.world
             last_loss = result.loss
@@ -363,12 +338,32 @@ class Trainer:
         rec = {"step": step, "epoch": round(step / self.steps_per_epoch, 4),
                "loss": result.loss, "lr": result.lr, "momentum": result.momentum,
                "img_per_s": round(img_per_s, 2)}
+        health = self.health.signals()
         rec.update({k: float(dist_utils.all_reduce_mean(v.detach().float()))
-                    for k, v in result.stats.items()})
+                    for k, v in {**result.stats, **health}.items()})
         if self.skipped:
             rec["skipped_steps"] = self.skipped
-        log.write(rec, TB_TRAIN)
+        log.write(rec, TB_TRAIN, dict.fromkeys(health, TB_HEALTH))
         bar.log(rec)
+        if self.health.check(step, rec):  # the same on every rank: averaged values
+            if self.cfg.train.on_collapse == "stop":
+                self.save_checkpoint(step)
+                raise RunCollapsed(self.health.stop_line(step))
+            if self.main:
+                bar.warn(self.health.warning())
+
+    def _rolled_back(self, log: MetricsLog, bar: Progress, rollback: Rollback) -> None:
+        """A loss spike was rolled back (:mod:`sslkit.train.spikes`): the record, the step
+        the run goes on from, and a checkpoint of it (the file never holds abandoned steps)."""
+        log.write(rollback.record(), None)  # TensorBoard: the text entry below
+        text = rollback.text(self.cfg.train.spike_factor, self.spikes.median)
+        log.text(f"{TB_HEALTH}/rollback", text, rollback.step)
+        if self.main:
+            bar.warn(text)
+        bar.update(rollback.to_step - self.step)
+        self.step = rollback.to_step
+        self.health.clear()
+        self.save_checkpoint(self.step)
 
     def _end_of_epoch(self, log: MetricsLog, bar: Progress, step: int) -> dict | None:
         """Online kNN (every ``eval.knn_every`` epochs and at the end) and the augmentation
@@ -384,7 +379,8 @@ class Trainer:
                 ep % cfg.eval.knn_every == 0 or step == self.total_steps):
             measured: dict = {}
             # rank 0 alone; a data error there ends every rank with its line
-            together(lambda: self.main and measured.update(self.knn_monitor()))
+            together(lambda: self.main and measured.update(online_knn(
+                cfg, self.method.backbone, self.knn_sets, self.device, self.precision, self.probe)))
             if measured:
                 knn = measured
                 log.write({"step": step, "epoch": ep, **knn}, TB_ONLINE)

@@ -26,6 +26,7 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 from tqdm import tqdm
 
 TB_TRAIN, TB_ONLINE, TB_EVAL = "1_train", "2_online", "3_eval"
+TB_HEALTH = "health"  # the collapse signals (sslkit.train.health) and rollback notes
 
 
 def is_terminal(stream: IO) -> bool:
@@ -86,6 +87,13 @@ class Progress:
         elif self.enabled:
             print(message, file=self.stream, flush=True)
 
+    def warn(self, message: str) -> None:
+        """A ``warning:`` line, shown with progress or without (past a terminal's bar)."""
+        if self.bar is not None:
+            self.bar.write(f"warning: {message}")
+        else:
+            print(f"warning: {message}", file=self.stream, flush=True)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -96,7 +104,9 @@ class MetricsLog:
 
     On resume (``start_step > 0``) the lines a killed run wrote past the checkpoint are
     dropped and TensorBoard purges the events after ``start_step``, so each step is logged
-    once.
+    once. A rollback to ``start_step`` or before (``{"event": "rollback", "to_step": ...}``,
+    written just before the checkpoint of the step it went back to) keeps the lines before
+    it: the steps it abandoned stay in the history.
     """
 
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, start_step: int):
@@ -106,8 +116,12 @@ class MetricsLog:
         if not enabled:
             return
         if start_step > 0 and self.path.exists():  # drop lines a killed run wrote past resume
-            keep = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= start_step]
+            recs = [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
+            kept_to = max([i + 1 for i, r in enumerate(recs)
+                           if r.get("event") == "rollback" and r["to_step"] <= start_step],
+                          default=0)
+            keep = [json.dumps(r) for i, r in enumerate(recs)
+                    if i < kept_to or r.get("step", 0) <= start_step]
             tmp = self.path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(ln + "\n" for ln in keep))
             os.replace(tmp, self.path)
@@ -115,16 +129,23 @@ class MetricsLog:
         if tensorboard:
             self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
 
-    def write(self, record: dict, group: str) -> None:
-        """One line of metrics.jsonl; its numbers as TensorBoard scalars ``<group>/<key>``."""
+    def write(self, record: dict, group: Optional[str],
+              groups: Optional[dict[str, str]] = None) -> None:
+        """One line of metrics.jsonl; its numbers as TensorBoard scalars ``<group>/<key>``
+        (``groups`` names another group for some keys; ``group`` None: no scalars)."""
         if not self.enabled:
             return
         self.fh.write(json.dumps(record) + "\n")
         self.fh.flush()
-        if self.tb is not None:
+        if self.tb is not None and group is not None:
             for k, v in record.items():
                 if k not in ("step", "epoch") and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"{group}/{k}", v, record["step"])
+                    self.tb.add_scalar(f"{(groups or {}).get(k, group)}/{k}", v, record["step"])
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        """A TensorBoard text entry (the Text tab)."""
+        if self.enabled and self.tb is not None:
+            self.tb.add_text(tag, text, step)
 
     def image(self, tag: str, img: torch.Tensor, step: int) -> None:
         if self.enabled and self.tb is not None:
@@ -145,6 +166,25 @@ class MetricsLog:
             self.tb.close()
 
 
+def hparams(c) -> dict:
+    """A run's row in TensorBoard's HParams tab (``c``: its Config): strings, not booleans
+    (the table shows a boolean as 0.0000 / 1.0000)."""
+    bf = c.batchformer.version if c.batchformer.enabled else "off"
+    return {"method": c.method.name, "backbone": c.model.backbone, "width": c.model.width,
+            "batchformer": bf, "dataset": c.data.name,
+            "epochs": c.train.epochs, "batch_size": c.train.batch_size,
+            "lr": c.optim.lr, "optimizer": c.optim.name,
+            "temperature": float(c.method.temperature)}
+
+
+def hparam_columns(knn: bool, probe: bool) -> list[str]:
+    """The HParams columns a run fills: the online ones only when it measures them (the
+    online kNN; the online probe's test accuracy, measured with it)."""
+    online = [f"{TB_ONLINE}/knn_top1"] if knn else []
+    online += [f"{TB_ONLINE}/probe_test_top1"] if probe and online else []
+    return [f"{TB_TRAIN}/loss", *online, f"{TB_EVAL}/knn_top1", f"{TB_EVAL}/linear_top1"]
+
+
 @dataclasses.dataclass
 class Summary:
     run_dir: str
@@ -156,6 +196,9 @@ class Summary:
     skipped_steps: int
     backbone: str | None
     stopped_by: int = 0  # the signal that stopped the run after its checkpoint (0: none)
+    health: Optional[str] = None  # the run's health in one line (sslkit.train.health)
+    rollbacks: int = 0  # loss-spike rollbacks (train.spike_policy: rollback)
+    lr_factor: float = 1.0  # the LR factor they left
 
 
 def tool(name: str) -> str:
@@ -173,8 +216,12 @@ def print_summary(s: Summary) -> None:
     lines = [f"done: {s.steps} steps ({s.epochs_done} epochs) in {s.seconds / 60:.1f} min"
              + (f", final loss {s.final_loss:.4f}" if s.final_loss is not None else "")
              + (f", online kNN top-1 {s.knn_top1:.2f}%" if s.knn_top1 is not None else "")]
+    if s.health:
+        lines.append(f"  health: {s.health}")
     if s.skipped_steps:
         lines.append(f"  skipped non-finite steps: {s.skipped_steps}")
+    if s.rollbacks:
+        lines.append(f"  loss-spike rollbacks: {s.rollbacks} (the LR x{s.lr_factor:g} since)")
     lines += [f"  run directory: {run}", f"  config:        {run / 'config.yaml'}",
               f"  metrics:       {run / 'metrics.jsonl'}",
               f"  checkpoint:    {run / 'checkpoints' / 'last.pt'}"]

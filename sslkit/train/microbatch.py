@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from sslkit import distributed as dist_utils
-from sslkit.models.splitbn import splits_set
+from sslkit.models.splitbn import from_groups, splits_set
 from sslkit.train.runtime import autocast
 
 
@@ -45,14 +45,6 @@ def pieces(batch: int, micro: int) -> list[slice]:
     """The micro-batches of a batch: strided index slices ``m::M``, M = batch / micro."""
     count = batch // micro
     return [slice(m, None, count) for m in range(count)]
-
-
-def _assemble(parts: list[tuple[slice, Tensor]], batch: int) -> Tensor:
-    first = parts[0][1]
-    out = first.new_empty(batch, *first.shape[1:])
-    for piece, values in parts:
-        out[piece] = values
-    return out
 
 
 def _rng_state(device: torch.device) -> tuple:
@@ -81,7 +73,7 @@ class Pieces:
     def keys(self, x: Tensor) -> Tensor:
         backbone = self.method.momentum_backbone
         with splits_set(backbone, 1):  # each micro-batch is one BatchNorm group
-            return _assemble([(p, backbone(x[p])) for p in pieces(x.shape[0], self.micro)],
+            return from_groups([(p, backbone(x[p])) for p in pieces(x.shape[0], self.micro)],
                              x.shape[0])
 
 
@@ -103,7 +95,7 @@ class GradCache(Pieces):
                 parts.append((piece, backbone(x[piece])))
             for buf, value in zip(backbone.buffers(), kept):  # statistics move in pass 2
                 buf.copy_(value)
-        leaf = _assemble(parts, x.shape[0]).requires_grad_(True)
+        leaf = from_groups(parts, x.shape[0]).requires_grad_(True)
         self.calls.append((x, leaf, [p for p, _ in parts], states))
         return leaf
 

@@ -1,6 +1,8 @@
-"""The online linear probe (``eval.online_probe``): a linear classifier trained during
-pretraining on the detached backbone features of each training batch, as solo-learn, lightly
-and stable-pretraining do, to watch the representation without stopping the run.
+"""The online evaluation of pretraining: the kNN of the backbone's features every
+``eval.knn_every`` epochs (:func:`online_knn`), and the online linear probe
+(``eval.online_probe``): a linear classifier trained during pretraining on the detached
+backbone features of each training batch, as solo-learn, lightly and stable-pretraining do,
+to watch the representation without stopping the run.
 
 It has its own SGD optimizer (momentum 0.9, no weight decay, LR ``eval.online_probe_lr`` for
 a batch of 256, scaled linearly) and its own seeded initialisation, and it sees the features
@@ -16,7 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit import distributed as dist
+from sslkit.augment import eval_transform_from_config
+from sslkit.config import Config
+from sslkit.data import build_loader
+from sslkit.evaluation.features import extract_features
+from sslkit.knn import knn_accuracy
 from sslkit.train.optim import linear_scaled
+from sslkit.train.runtime import fork_rng
 
 
 class OnlineProbe:
@@ -82,3 +90,33 @@ class OnlineProbe:
     def load_state_dict(self, state: dict) -> None:
         self.head.load_state_dict(state["head"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+@torch.no_grad()
+def online_knn(cfg: Config, backbone: nn.Module, sets: tuple, device: torch.device,
+               precision: str, probe: "OnlineProbe | None" = None) -> dict:
+    """kNN top-1/top-5 of the backbone's features: the train split ``sets[0]`` as the bank
+    (``eval.knn_bank_size`` of it, seeded), the test split ``sets[1]`` as the queries; the
+    online probe's accuracy on the same test features. The run's random streams are left as
+    they were."""
+    bank, test = sets
+    if cfg.eval.knn_bank_size and cfg.eval.knn_bank_size < len(bank):
+        g = torch.Generator().manual_seed(cfg.run.seed)
+        bank = bank.subset(torch.randperm(len(bank), generator=g)[:cfg.eval.knn_bank_size])
+    tf = eval_transform_from_config(cfg).to(device)
+    feats = []
+    with fork_rng(device):
+        for ds in (bank, test):
+            loader = build_loader(ds, cfg.eval.batch_size, train=False,
+                                  num_workers=cfg.data.num_workers,
+                                  pin_memory=device.type == "cuda")
+            feats.append(extract_features(backbone, loader, device, precision, transform=tf,
+                                          batch_size=cfg.eval.batch_size))
+    (fb, yb), (ft, yt) = feats
+    num_classes = int(max(yb.max(), yt.max())) + 1
+    top1, top5 = knn_accuracy(fb, yb, ft, yt, num_classes, k=cfg.eval.knn_k,
+                              temperature=cfg.eval.knn_t)
+    out = {"knn_top1": round(top1, 3), "knn_top5": round(top5, 3)}
+    if probe is not None:  # the online probe on the same test features
+        out["probe_test_top1"] = probe.accuracy(ft, yt)
+    return out

@@ -139,9 +139,14 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str,
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+def warmup_steps(cfg: OptimConfig, steps_per_epoch: int) -> int:
+    """The steps of the LR warmup (``optim.warmup_epochs``)."""
+    return int(round(cfg.warmup_epochs * steps_per_epoch))
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    warmup = warmup_steps(cfg, steps_per_epoch)
     peak = optimizer.param_groups[0]["lr"]
     min_ratio = min(1.0, cfg.min_lr / peak) if peak > 0 else 0.0
     return torch.optim.lr_scheduler.LambdaLR(

@@ -62,7 +62,9 @@ class TrainStep:
     (``skip``). The forward pass has already written the batch into the method's buffers
     (MoCo-v2's queue and its pointer, BN running statistics), so a skipped step restores
     them from a copy taken before it and leaves out the momentum update: it leaves no
-    trace but the LR schedule's step and the count of skipped steps (``skipped``).
+    trace but the LR schedule's step and the count of skipped steps (``skipped``). With
+    ``train.spike_policy: rollback`` a non-finite loss only leaves out the update: the engine
+    then restores the whole state of an earlier step (:mod:`sslkit.train.spikes`).
     """
 
     def __init__(self, cfg: Config, method: nn.Module, model: nn.Module,
@@ -110,7 +112,9 @@ class TrainStep:
         # the mean over ranks: a NaN anywhere stops (or skips) every rank alike
         loss_value = float(dist_utils.all_reduce_mean(loss.detach().float()))
         finite = math.isfinite(loss_value)
-        if not finite:
+        if not finite and cfg.train.spike_policy == "rollback":
+            pass  # a spike: no update; the engine restores the last good state (train/spikes.py)
+        elif not finite:
             if cfg.train.nan_policy == "stop":
                 raise TrainingDiverged(
                     f"loss is {loss_value} at step {step + 1} (epoch "
