@@ -13,7 +13,8 @@ from typing import Callable
 
 TINY = ["run.device=cpu", "run.precision=fp32", "run.progress=false", "data.name=synthetic",
         "data.image_size=16", "data.synthetic_train=64", "data.synthetic_test=32",
-        "data.num_workers=0", "model.width=4", "model.cifar_stem=true", "train.batch_size=16",
+        "data.num_workers=0", "model.width=4", "model.cifar_stem=true", "model.maxpool=false",
+        "train.batch_size=16",
         "train.epochs=1", "method.queue_size=64", "eval.knn_every=0"]
 
 VIT2 = ["model.backbone=vit_tiny", "model.vit_depth=2", "model.patch_size=8"]
