@@ -465,6 +465,18 @@ def test_pretrain_and_evaluate_from_shards(tmp_path, name):
     assert 0 <= result["knn_top1"] <= 100 and 0 <= result["linear_top1"] <= 100
 
 
+def test_an_error_inside_a_step_ends_the_run_and_its_loader_workers(tmp_path):
+    """An exception raised inside a training step (here torch's: the stem's max-pool leaves
+    one position a side at the last stage, one image per split-BN group) ends the run with
+    its traceback, at once: the loader's workers ignore SIGTERM, so a run that left them to
+    the exit would wait for them forever."""
+    out = tmp_path / "run"
+    proc = run_cli("run_pretrain.py", *_pretrain_argv(tmp_path, "webdataset", out,
+                                                      ["model.maxpool=true"]), timeout=180)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Expected more than 1 value per channel" in proc.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["webdataset", "parquet"])
 def test_kill_9_then_resume_equals_the_uninterrupted_run(tmp_path, name):

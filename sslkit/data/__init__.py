@@ -41,14 +41,14 @@ from sslkit.data.info import (IMAGENET_MEAN, IMAGENET_STD, LUMA, SOURCES, Datase
                               dataset_info, normalization, register_dataset, resize_side,
                               source, to_channels)
 from sslkit.data.loaders import (TensorBatchLoader, TrainSampler, WorkerLoader, build_loader,
-                                 tensor_pair)
+                                 close_loader, tensor_pair)
 from sslkit.data.synthetic import synthetic_images
 
 __all__ = ["SOURCES", "SPLITS", "DEBIAN_FASHION_MNIST", "IMAGENET_MEAN", "IMAGENET_STD",
            "IMG_EXTENSIONS", "LUMA", "DatasetInfo", "EncodedImages", "ImageFolderDataset",
            "InMemoryDataset", "ParquetImages", "TarShards",
            "Request", "TensorBatchLoader", "TrainSampler", "WorkerLoader", "build_dataset",
-           "build_loader", "dataset_from_config", "dataset_info", "label_fraction_indices",
+           "build_loader", "close_loader", "dataset_from_config", "dataset_info", "label_fraction_indices",
            "labelled_subset", "normalization", "read_idx", "read_subset_file", "register_dataset",
            "resize_side", "source", "stratified_subset", "subset_file_indices", "synthetic_images",
            "tensor_pair", "to_channels"]

@@ -238,6 +238,14 @@ class WorkerLoader:
                         "e.g. %s", new, len(self.skipped), sorted(self.skipped)[0])
 
 
+def close_loader(loader) -> None:
+    """End a :class:`WorkerLoader`'s worker processes (anything else: nothing to end). Called
+    where a run ends, normally or by an exception: the workers ignore SIGTERM, so a loader
+    still referenced at exit (by an exception's traceback) would keep the process waiting."""
+    if isinstance(loader, WorkerLoader):
+        loader.close()
+
+
 def worker_count(requested: int) -> int:
     """``data.num_workers`` on this machine: at most the CPU cores this process may use (more
     processes than cores only compete; PyTorch warns about them)."""

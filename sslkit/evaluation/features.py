@@ -12,7 +12,7 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
-from sslkit.data.loaders import tensor_pair
+from sslkit.data.loaders import close_loader, tensor_pair
 from sslkit.train.metrics import progress_bar
 from sslkit.train.runtime import autocast
 
@@ -65,6 +65,9 @@ def extract_features(backbone: nn.Module, data, device: torch.device, precision:
             labels.append(torch.as_tensor(y).long().cpu())
             if bar is not None:
                 bar.update(x.shape[0])
+    except BaseException:
+        close_loader(data)  # a worker loader's processes, held by the traceback otherwise
+        raise
     finally:
         if bar is not None:
             bar.close()

@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from sslkit import config as config_mod
 from sslkit import distributed as dist
-from sslkit.data import build_loader
+from sslkit.data import build_loader, close_loader
 from sslkit.errors import CheckpointError, ConfigError, UserError
 from sslkit.evaluation.classifier import (FinetuneStep, build_classifier, build_criterion,
                                           build_mixup, build_optimizer, build_scheduler)
@@ -191,7 +191,7 @@ class FinetuneRun:
                     h1, h5 = topk_correct(logits.float(), labels)
                     counts += torch.tensor([h1, h5, labels.shape[0]], dtype=torch.float64)
         finally:
-            _close(loader)
+            close_loader(loader)
         self.model.train()
         if self.world > 1:
             counts = dist.all_reduce_sum(counts.to(self.device)).cpu()
@@ -217,7 +217,7 @@ class FinetuneRun:
             signals.restore()
             bar.close()
             log.close()
-            _close(self.data.loader)
+            close_loader(self.data.loader)
 
     def _batches(self):
         """``(batch or None at the end of the epoch, verdict)`` from :attr:`step` on."""
@@ -312,13 +312,6 @@ def _what(identity: Optional[dict]) -> str:
         return "unknown"
     return (f"baseline {identity['baseline']}" if identity.get("baseline")
             else f"checkpoint {identity.get('checkpoint')}")
-
-
-def _close(loader) -> None:
-    """End a worker loader's processes (:meth:`sslkit.data.WorkerLoader.close`)."""
-    close = getattr(loader, "close", None)
-    if close is not None:
-        close()
 
 
 def _check_writable(out: Path) -> None:

@@ -20,7 +20,7 @@ from torch.profiler import record_function
 
 from sslkit import distributed as dist_utils
 from sslkit.config import Config
-from sslkit.data import dataset_from_config
+from sslkit.data import close_loader, dataset_from_config
 from sslkit.errors import CheckpointError, ConfigError, RunCollapsed, UserError
 from sslkit.export import backbone_state_dict
 from sslkit.io.checkpoint import (load_checkpoint_with_fallback, load_into, save_atomic,
@@ -230,6 +230,7 @@ class Trainer:
                     keep_previous=False))
         finally:
             self.signals.restore()
+            close_loader(self.input.loader)  # its workers ignore SIGTERM: end them here
             bar.close()
             log.close(hparams(cfg) if finished else None,
                       hparam_columns(self.knn_sets is not None, self.probe is not None))
