@@ -29,21 +29,28 @@ variant_sets() {  # the overrides of a variant (the demo as it is: none)
     mlp9) echo "model.maxpool=true train.epochs=9 method.proj_layers=2" ;;
     w20) echo "model.maxpool=true train.epochs=9 model.width=20" ;;
     w24e6) echo "model.maxpool=true train.epochs=6 model.width=24" ;;
+    mlp6) echo "model.maxpool=true train.epochs=6 method.proj_layers=2" ;;
+    b128e6) echo "model.maxpool=true train.epochs=6 train.batch_size=128" ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
 }
 
 for kind in $KINDS; do
+  precision=()
   if [ "$kind" = avx2 ]; then
     export ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
   else
     unset ONEDNN_MAX_CPU_ISA ATEN_CPU_CAPABILITY
   fi
+  if [ "$kind" = fp32 ]; then  # this CPU in fp32: the AVX2 kind's numbers without its time
+    precision=(run.precision=fp32)
+  fi
   for seed in $SEEDS; do
     for variant in $VARIANTS; do
       run="$OUT/${kind}/${variant}_s$seed"
       read -r -a sets <<< "$(variant_sets "$variant")"
-      pretrain "$run" configs/demo.yaml run.seed="$seed" ${sets[@]+"${sets[@]}"}
+      pretrain "$run" configs/demo.yaml run.seed="$seed" ${sets[@]+"${sets[@]}"} \
+        ${precision[@]+"${precision[@]}"}
       if [ ! -f "$run/eval.json" ]; then
         start=$SECONDS
         evaluate "$run" --checkpoint "$run/checkpoints/last.pt"

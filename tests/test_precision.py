@@ -128,8 +128,9 @@ def test_a_demo_config_run_under_the_avx2_stand_in_picks_fp32(tmp_path):
     env = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
     out = tmp_path / "run"
     proc = run_cli("run_pretrain.py", "--config", "configs/demo.yaml", "--set",
-                   f"run.output_dir={out}", "data.name=synthetic", "data.synthetic_train=256",
-                   "data.synthetic_test=64", "train.max_steps=2", "method.queue_size=512",
+                   f"run.output_dir={out}", "data.name=synthetic", "data.synthetic_train=64",
+                   "data.synthetic_test=32", "train.batch_size=32", "train.max_steps=2",
+                   "method.queue_size=64",
                    "run.progress=false", "run.tensorboard=false", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     compute = [ln for ln in proc.stdout.splitlines() if ln.startswith("compute: ")]
@@ -137,8 +138,9 @@ def test_a_demo_config_run_under_the_avx2_stand_in_picks_fp32(tmp_path):
     assert "note:" not in proc.stdout
     assert yaml.safe_load((out / "config.yaml").read_text())["run"]["precision"] == "auto"
     proc = run_cli("run_pretrain.py", "--config", "configs/demo.yaml", "--set",
-                   f"run.output_dir={out}", "data.name=synthetic", "data.synthetic_train=256",
-                   "data.synthetic_test=64", "train.max_steps=1", "method.queue_size=512",
+                   f"run.output_dir={out}", "data.name=synthetic", "data.synthetic_train=64",
+                   "data.synthetic_test=32", "train.batch_size=32", "train.max_steps=1",
+                   "method.queue_size=64",
                    "run.progress=false", "run.tensorboard=false", "run.precision=bf16",
                    "--overwrite", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
