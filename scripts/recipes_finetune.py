@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from recipes import Deliberate, Official, _cell, fmt, judge
+from recipes import Deliberate, Official, Param, _cell, judge
 from sslkit import config as sslconfig
 from sslkit.evaluation.classifier import build_classifier, build_optimizer, vit_blocks
 from sslkit.methods.resolve import resolved
@@ -131,15 +131,6 @@ def _fmt_head(v: float) -> str:
 FT_SAMPLER = "every labelled image once an epoch (the last batch filled up)"
 FT_EMA = "none"
 FT_TRAINED = "every parameter (patch projection and position embedding included)"
-
-
-@dataclasses.dataclass(frozen=True)
-class Param:
-    key: str
-    label: str
-    probe: Callable[[Built], Any]
-    applies: Callable[[Built], bool] = lambda b: True
-    show: Callable[[Any], str] = fmt
 
 
 PARAMS = [
