@@ -4,10 +4,15 @@ docs/benchmarks.md): one config at batch B, its step as the engine runs it
 B/8, with ``model.grad_checkpointing``, and with ``run.compile``; each variant in a fresh
 child process, so that its peak memory is its own.
 
-Memory: on a GPU ``torch.cuda.max_memory_allocated`` over the timed steps; on the CPU the
-child's peak resident set (``ru_maxrss``) minus its resident set once the trainer is built
-and a first step ran (``--warmup`` steps: the optimizer's state and the allocator's pools
-exist then), i.e. what the steps add on top of the model: the activations. Time: the median
+Memory: on a GPU ``torch.cuda.max_memory_allocated`` over the timed steps minus the memory
+allocated before them; on the CPU the child's peak resident set over the timed steps (Linux's
+``VmHWM``, reset before them through ``/proc/self/clear_refs``) minus its resident set once
+the ``--warmup`` steps ran (the optimizer's state exists then), i.e. what a step adds on top
+of the model: the activations. On the CPU the memory comes from a second child run with
+glibc's mmap threshold fixed at 128 KiB (``MALLOC_MMAP_THRESHOLD_``), so that a freed
+activation leaves the resident set instead of staying in the heap for the next step (which
+would hide it from the difference); its page faults slow the step, so the time comes from
+the first child, under the default allocator. Time: the median
 step over ``--steps`` steps after the warm-up. Ratios are to the plain step (micro-batch B).
 
 ``--compile-demo`` instead times the demo (configs/demo.yaml) eagerly and compiled, the
@@ -26,7 +31,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
@@ -52,9 +57,19 @@ COMPILE_HEADER = ("| date | machine | torch | eager img/s | compiled img/s | ste
                   "(compilation included) |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+def rss_mb(field: str = "VmRSS") -> float:
+    """This process's resident set (``VmRSS``) or its peak since the last reset (``VmHWM``)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Start ``VmHWM`` again from the current resident set (Linux 4.0+)."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
 
 
 def child(args) -> dict:
@@ -73,6 +88,7 @@ def child(args) -> dict:
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev) / 2**20
     else:
+        reset_peak_rss()
         base = rss_mb()
     times = []
     for _ in range(args.steps):
@@ -84,7 +100,7 @@ def child(args) -> dict:
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated(dev) / 2**20 - base
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+        peak = rss_mb("VmHWM") - base
     out = {"peak_mb": max(peak, 0.0), "s_per_step": statistics.median(times),
            "first_step_s": first, "precision": precision, "batch": args.batch,
            "lines": trainer.model_lines}
@@ -92,16 +108,26 @@ def child(args) -> dict:
     return out
 
 
-def run_child(args, sets: list[str], steps: int | None = None) -> dict:
+def run_child(args, sets: list[str], steps: int | None = None, mmap_all: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--child", "--device", args.device, "--config", args.config,
            "--batch", str(args.batch), "--precision", args.precision, "--warmup",
            str(args.warmup), "--steps", str(steps or args.steps), "--set", *args.overrides,
            "--variant", *sets]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    env = {**os.environ, **({"MALLOC_MMAP_THRESHOLD_": "131072"} if mmap_all else {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"variant {sets} failed:\n{proc.stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULT "):])
+
+
+def measure(args, sets: list[str]) -> dict:
+    """A variant's step time (default allocator) and, on the CPU, its activation memory from a
+    second child whose freed tensors leave the resident set (see the module's docstring)."""
+    timed = run_child(args, sets)
+    if args.device != "cpu":
+        return timed
+    return {**timed, "peak_mb": run_child(args, sets, steps=2, mmap_all=True)["peak_mb"]}
 
 
 def compile_demo(args) -> None:
@@ -164,7 +190,7 @@ def main() -> None:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(known)}")
     variants = [known[v] for v in chosen]
     where = machine(torch.device(args.device))
-    results = [(name, run_child(args, sets)) for name, sets in variants]
+    results = [(name, measure(args, sets)) for name, sets in variants]
     base = results[0][1]
     rows = []
     for name, r in results:
