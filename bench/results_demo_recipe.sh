@@ -9,28 +9,27 @@
 # never redone, so the script can be stopped and started again.
 #
 #   bash bench/results_demo_recipe.sh                       # every variant on both kinds
-#   KINDS=native VARIANTS="maxpool9" bash bench/results_demo_recipe.sh
+#   KINDS=native VARIANTS="demo nomaxpool" SEEDS="0 1 2" bash bench/results_demo_recipe.sh
 #   EXTRA="data.subset=512 train.max_steps=2" OUT=/tmp/r bash bench/results_demo_recipe.sh  # smoke
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/results_lib.sh
 OUT=${OUT:-runs/results_demo_recipe}
-KINDS=${KINDS:-"native avx2"}
+KINDS=${KINDS:-"native fp32 avx2"}
 SEEDS=${SEEDS:-"0"}
-VARIANTS=${VARIANTS:-"demo maxpool9 maxpool6"}
+VARIANTS=${VARIANTS:-"demo epochs6"}
 mkdir -p "$OUT"
 
-variant_sets() {  # the overrides of a variant (the demo as it is: none)
+variant_sets() {  # a variant's overrides of configs/demo.yaml (the demo as it is: none)
   case $1 in
     demo) echo "" ;;
-    maxpool9) echo "model.maxpool=true train.epochs=9" ;;
-    maxpool6) echo "model.maxpool=true train.epochs=6" ;;
-    maxpool12) echo "model.maxpool=true train.epochs=12" ;;
-    mlp9) echo "model.maxpool=true train.epochs=9 method.proj_layers=2" ;;
-    w20) echo "model.maxpool=true train.epochs=9 model.width=20" ;;
-    w24e6) echo "model.maxpool=true train.epochs=6 model.width=24" ;;
-    mlp6) echo "model.maxpool=true train.epochs=6 method.proj_layers=2" ;;
-    b128e6) echo "model.maxpool=true train.epochs=6 train.batch_size=128" ;;
+    nomaxpool) echo "model.maxpool=false" ;;   # the demo before the stem's max-pool
+    epochs6) echo "train.epochs=6" ;;
+    epochs12) echo "train.epochs=12" ;;
+    mlp) echo "method.proj_layers=2" ;;
+    w20) echo "model.width=20" ;;
+    w24e6) echo "train.epochs=6 model.width=24" ;;
+    b128e6) echo "train.epochs=6 train.batch_size=128" ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
 }
@@ -59,3 +58,6 @@ for kind in $KINDS; do
     done
   done
 done
+doc=()
+if [ ${#EXTRA[@]} -eq 0 ] && [ "$OUT" = runs/results_demo_recipe ]; then doc=(--write-doc); fi
+"$PY" bench/results_table.py "$OUT" --table demo-recipe --seeds "0 1 2" ${doc[@]+"${doc[@]}"}

@@ -1,6 +1,7 @@
 """Summarise the runs of bench/results_fmnist.sh (or bench/results_vit_fmnist.sh with
 ``--table vit``, bench/results_bf_fmnist.sh with ``--table bf``, bench/results_bf_schemes.sh
-with ``--table bf-schemes``) as the Markdown tables of docs/results.md.
+with ``--table bf-schemes``, bench/results_demo_recipe.sh with ``--table demo-recipe``) as
+the Markdown tables of docs/results.md.
 
     python bench/results_table.py runs/results_fmnist --epochs 6
     python bench/results_table.py runs/results_vit_fmnist --table vit --epochs 4
@@ -10,7 +11,7 @@ T=0.07 and k=200 at T=0.1) and of the linear probe's top-1 on the Fashion-MNIST 
 (each run's wall-clock pretraining time is in its ``pretrain_seconds.txt``); the bf-schemes
 table adds the training statistics of the plain query stream at the end of training. With
 ``--write-doc`` at the table's budget (6 epochs; ViT: 4; BatchFormer: 3; BatchFormer schemes:
-6) the table replaces the block
+6; the demo's recipe: 9) the table replaces the block
 between its two markers in docs/results.md; otherwise it goes to ``<runs>/results.md``.
 """
 from __future__ import annotations
@@ -32,6 +33,16 @@ TABLES = {  # name -> (begin marker, end marker, demo-budget epochs, rows)
         ("MoCo-v2 + BatchFormer", "demo_bf_s{s}"),
         ("MoCo-v3", "demo_mocov3_s{s}"),
         ("MoCo-v3 + BatchFormer", "demo_mocov3_bf_s{s}"),
+    ]),
+    "demo-recipe": ("<!-- results-demo-recipe:begin -->", "<!-- results-demo-recipe:end -->",
+                    9, [
+        ("the demo, native bf16 (this CPU, auto)", "native/demo_s{s}"),
+        ("the demo in fp32 on this CPU (what auto picks without native bf16)",
+         "fp32/demo_s{s}"),
+        ("the demo under the AVX2-only stand-in (auto: fp32)", "avx2/demo_s{s}"),
+        ("6 epochs, native bf16", "native/epochs6_s{s}"),
+        ("6 epochs, AVX2-only stand-in", "avx2/epochs6_s{s}"),
+        ("no stem max-pool (the former demo), native bf16", "native/nomaxpool_s{s}"),
     ]),
     "bf": ("<!-- results-bf-fmnist:begin -->", "<!-- results-bf-fmnist:end -->", 3, []),
     "bf-schemes": ("<!-- results-bf-schemes:begin -->", "<!-- results-bf-schemes:end -->", 6, []),
