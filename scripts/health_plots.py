@@ -97,7 +97,8 @@ BEGIN, END = "<!-- health-ranges:begin -->", "<!-- health-ranges:end -->"
 def ranges(runs: list[Path], labels: list[str]) -> list[str]:
     """One markdown row per run: p5 / median / p95 of each signal after the first tenth."""
     keys = [k for k, _ in PANELS[1:]]
-    rows = ["| run | steps | " + " | ".join(f"{k} (p5 / median / p95)" for k in keys)
+    titles = [t for _, t in PANELS[1:]]  # embed_std as plotted: x sqrt(d)
+    rows = ["| run | steps | " + " | ".join(f"{t} (p5 / median / p95)" for t in titles)
             + " | alarm |", "|---" * (len(keys) + 3) + "|"]
     for run, label in zip(runs, labels):
         train, _, d = read_run(run)
