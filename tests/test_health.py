@@ -184,6 +184,32 @@ def test_on_collapse_stop_is_exit_4_with_one_line_and_a_checkpoint(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_a_resumed_run_keeps_its_alarm_and_stop_watches_again(tmp_path, capsys):
+    """The alarm is part of the run's state: resumed after it went off (warn), the run does
+    not warn again and its summary names the first crossing, as the uninterrupted run's
+    does; resumed after train.on_collapse=stop with stop, it watches again and stops anew."""
+    from sslkit import config
+
+    data = _flat_folder(tmp_path / "flat")
+    items = _flat(tmp_path / "run", data, ["train.checkpoint_every_steps=5"])
+    pretrain(config.load(None, items), stop_after_steps=45)
+    first = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("warning: collapse:")]
+    assert len(first) == 1, first
+    alarm = first[0].removeprefix("warning: collapse: ").split("; check")[0]
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["health"]["alarm"] == alarm
+    summary = pretrain(config.load(None, items), resume=True, stop_after_steps=60)
+    out = capsys.readouterr().out
+    assert "warning: collapse:" not in out
+    assert f"note: this run's collapse alarm went off before ({alarm})" in out
+    assert summary.steps == 60 and summary.health == f"collapse alarm: {alarm}"
+
+    with pytest.raises(RunCollapsed) as first_stop:
+        pretrain(config.load(None, [*items, "train.on_collapse=stop"]), resume=True)
+    step = int(str(first_stop.value).split("checkpoint of step ")[1].split(" ")[0])
+    assert step >= 60 + 5 * health.PATIENCE  # watched from zero after the resume
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["health"]["alarm"] == alarm
+
+
 @pytest.mark.parametrize("method", ["mocov2", "mocov3"])
 def test_a_healthy_run_raises_no_alarm(tmp_path, method):
     """Synthetic images with class structure, 80 steps: both signals stay over their

@@ -17,8 +17,9 @@ in is refused, never run.
      "data": {"steps_per_epoch": int, "seed": int},   # checked on resume
      "config": Config.to_dict(), "rng": [one RNG state per process],
      "online_probe": ...,               # with eval.online_probe only
-     "spikes": {"lr_factor", "window", "retries", "rollbacks", "spike_step"}}
+     "spikes": {"lr_factor", "window", "retries", "rollbacks", "spike_step"},
                                         # the loss-spike guard (sslkit.train.spikes)
+     "health": {"alarm", "under"}}      # the collapse alarm (sslkit.train.health)
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ PREV_NAME = "prev.pt"
 def training_state(*, model: dict, optimizer: dict, scheduler: dict, scaler: dict, step: int,
                    steps_per_epoch: int, seed: int, skipped_steps: int, config: dict,
                    rng: list, online_probe: dict | None = None,
-                   spikes: dict | None = None) -> dict:
+                   spikes: dict | None = None, health: dict | None = None) -> dict:
     """The dict ``last.pt`` holds after ``step`` optimizer steps (the layout above), marked
     with this file's :data:`FORMAT` and :data:`VERSION`; ``rng`` has one state per process."""
     state = {"format": FORMAT, "version": VERSION, "model": model, "optimizer": optimizer,
@@ -54,6 +55,8 @@ def training_state(*, model: dict, optimizer: dict, scheduler: dict, scaler: dic
         state["online_probe"] = online_probe
     if spikes is not None:
         state["spikes"] = spikes
+    if health is not None:
+        state["health"] = health
     return state
 
 

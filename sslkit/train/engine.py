@@ -166,6 +166,13 @@ class Trainer:
         self.start_step = self.step = self.saved_at = int(ckpt["step"])
         self.stepper.skipped = int(ckpt.get("skipped_steps", 0))
         self.spikes.load_state_dict(ckpt.get("spikes"))
+        stop = self.cfg.train.on_collapse == "stop"
+        self.health.load_state_dict(ckpt.get("health"), rearm=stop)
+        if self.main and self.health.alarm is not None:
+            then = ("train.on_collapse=stop watches for it again from here" if stop else
+                    "it goes off once per run, so the run trains on")
+            print(f"note: this run's collapse alarm went off before ({self.health.alarm}); "
+                  f"{then}", flush=True)
         rngs = ckpt["rng"]
         set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
         self.ckpt_source = source
@@ -185,7 +192,7 @@ class Trainer:
             steps_per_epoch=self.steps_per_epoch, seed=self.cfg.run.seed,
             skipped_steps=self.stepper.skipped, config=self.cfg.to_dict(), rng=rngs,
             online_probe=self.probe.state_dict() if self.probe is not None else None,
-            spikes=self.spikes.state_dict())
+            spikes=self.spikes.state_dict(), health=self.health.state_dict())
 
     def save_checkpoint(self, step: int) -> None:
         if not params_finite(self.method):

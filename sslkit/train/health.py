@@ -93,7 +93,11 @@ class Health:
     signals from them at a log step; :meth:`check` reads the logged (process-averaged) values
     and says when ``embed_std`` or ``rankme`` has stayed under its floor for ``PATIENCE`` log
     steps in a row (once per run; :attr:`alarm` describes it, :meth:`warning` and
-    :meth:`stop_line` are its lines).
+    :meth:`stop_line` are its lines). The alarm and the counts toward it are part of the
+    run's state (:meth:`state_dict`, in ``last.pt``): a resumed run does not forget an alarm
+    in its summary, and does not repeat it unless asked to watch again (``rearm``: a run
+    stopped by ``train.on_collapse: stop`` and resumed with it); the kept steps are not, so
+    after a resume the signals start again once the buffer has refilled.
     """
 
     def __init__(self, feat_dim: int, local_batch: int):
@@ -101,9 +105,27 @@ class Health:
         self.batches = max(1, math.ceil(rows / local_batch))
         self.kept: deque[tuple[Tensor, Tensor, Tensor]] = deque(maxlen=self.batches)
         self.under = {"embed_std": 0, "rankme": 0}
-        self.alarm: Optional[str] = None
+        self.alarm: Optional[str] = None   # the run's first alarm (its summary)
+        self.latest: Optional[str] = None  # the alarm just raised (its warning or stop line)
+        self.armed = True
         self.last: dict[str, float] = {}
         self.d = 1  # the outputs' width, read from them
+
+    def state_dict(self) -> dict:
+        """The alarm (its description, or None) and the log steps in a row under each floor."""
+        return {"alarm": self.alarm, "under": dict(self.under)}
+
+    def load_state_dict(self, state: Optional[dict], rearm: bool = False) -> None:
+        """Restore :meth:`state_dict` (None: a checkpoint written before it was kept); with
+        ``rearm`` an alarm that went off before is watched for again from zero."""
+        if state:
+            self.alarm = state.get("alarm")
+            self.under.update({k: int(v) for k, v in state.get("under", {}).items()
+                               if k in self.under})
+        if self.alarm is not None:
+            self.armed = rearm
+            if rearm:
+                self.under = dict.fromkeys(self.under, 0)
 
     def observe(self, method) -> None:
         """Keep the step's detached tensors (no copy; the oldest step's are let go)."""
@@ -137,7 +159,7 @@ class Health:
         if any(k not in values for k in SIGNALS):
             return False
         self.last = {k: values[k] for k in SIGNALS}
-        if self.alarm is not None:
+        if not self.armed:
             return False
         floor = floors(self.d)
         for name in self.under:
@@ -148,17 +170,19 @@ class Health:
         what = {"embed_std": f"the outputs gather toward one point; its floor is "
                              f"{STD_FLOOR:g}/sqrt(d) = {floor[name]:.4g} for d = {self.d}",
                 "rankme": f"the representations span under {RANK_FLOOR:g} directions"}[name]
-        self.alarm = (f"{name} {values[name]:.4g} at step {step}, under {floor[name]:.4g} for "
-                      f"{PATIENCE} log steps ({what})")
+        self.latest = (f"{name} {values[name]:.4g} at step {step}, under {floor[name]:.4g} for "
+                       f"{PATIENCE} log steps ({what})")
+        self.alarm = self.alarm or self.latest
+        self.armed = False
         return True
 
     def warning(self) -> str:
         """The alarm's ``warning:`` line (``train.on_collapse: warn``), without the prefix."""
-        return f"collapse: {self.alarm}; {ADVICE}"
+        return f"collapse: {self.latest}; {ADVICE}"
 
     def stop_line(self, step: int) -> str:
         """The one ``error:`` line of ``train.on_collapse: stop``, without the prefix."""
-        return (f"the run collapsed: {self.alarm}; stopped with a checkpoint of step {step} "
+        return (f"the run collapsed: {self.latest}; stopped with a checkpoint of step {step} "
                 f"(exit code 4; train.on_collapse=warn trains on); {ADVICE}")
 
     def summary(self) -> str:
