@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
 # The runs behind docs/monitoring.md: the three demos (MoCo-v2, MoCo-v3, ViT) over their full
 # length (the healthy ranges of the signals), the same recipes on images of one flat grey
-# (nothing to learn: the collapse the alarm is for), and the ViT demo at 10x its LR without
-# warmup under train.spike_policy: rollback (an unstable run); then the plots
+# (nothing to learn: the collapse the alarm is for) and the ViT demo at 10x its LR without
+# warmup under train.spike_policy: rollback (an unstable run), these two as runs of
+# SHORT_STEPS steps (train.max_steps: the schedule fits into them); then the plots
 # (docs/img/health_*.png) and the table of ranges (written into docs/monitoring.md between
 # its health-ranges markers). Each run's console output is kept beside it (run.log); a
 # finished run is never redone and a stopped one resumes (--auto-resume), so the script can
 # be stopped and started again. Time it on a quiet machine.
 #
-#   bash bench/health_runs.sh                          # about 40 minutes on 2 quiet cores
+#   bash bench/health_runs.sh                          # about 45 minutes on 2 quiet cores
 #   STEPS=12 OUT=/tmp/h IMG=/tmp/h/img DOC=none bash bench/health_runs.sh    # smoke
+#
+# STEPS makes every run a run of that many steps: train.max_steps ends the schedule (warmup,
+# cosine) there, so a capped run is a shorter run, not the start of a longer one, and it is
+# not continued later (delete OUT's run directories to make them again).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/health}
-FLAT_STEPS=${FLAT_STEPS:-400}     # the flat runs: enough steps to see the collapse settle
+SHORT_STEPS=${STEPS:-${SHORT_STEPS:-400}}  # the flat and the 10x-LR runs: enough steps to
+                                           # see the collapse settle
 DOC=${DOC:-docs/monitoring.md}    # "none": print the table only
 IMG=${IMG:-docs/img}
 CAP=()
@@ -26,7 +32,7 @@ run() {  # run NAME CONFIG [key=value...]: pretrain OUT/NAME (resumed if stopped
   echo "== $name"
   mkdir -p "$dir"
   "$PY" run_pretrain.py --config "$cfg" --auto-resume --set run.output_dir="$dir" \
-    run.progress=false eval.knn_every=0 "$@" ${CAP[@]+"${CAP[@]}"} 2>&1 | tee -a "$dir/run.log"
+    run.progress=false eval.knn_every=0 ${CAP[@]+"${CAP[@]}"} "$@" 2>&1 | tee -a "$dir/run.log"
 }
 
 if [ ! -d "$OUT/flat_data/train" ]; then  # 4096 identical 28 x 28 grey images, one class
@@ -43,7 +49,7 @@ for i in range(4096):
 EOF
 fi
 FLAT=(data.name=imagefolder "data.root=$OUT/flat_data" data.channels=1 data.image_size=28
-      data.load_size=28 train.epochs=1000 "train.max_steps=$FLAT_STEPS")
+      data.load_size=28 train.epochs=1000 "train.max_steps=$SHORT_STEPS")
 
 run mocov2 configs/demo.yaml
 run mocov3 configs/demo_mocov3.yaml
@@ -52,7 +58,7 @@ run mocov2_flat configs/demo.yaml "${FLAT[@]}"
 run mocov3_flat configs/demo_mocov3.yaml "${FLAT[@]}"
 run vit_flat configs/demo_vit.yaml "${FLAT[@]}"
 run vit_spike configs/demo_vit.yaml optim.lr=5e-3 optim.warmup_epochs=0 \
-  train.spike_policy=rollback
+  train.spike_policy=rollback "train.max_steps=$SHORT_STEPS"
 
 PLOTS="$PY scripts/health_plots.py"
 $PLOTS "$OUT/mocov2" "$OUT/mocov3" "$OUT/vit" --labels MoCo-v2 MoCo-v3 ViT \

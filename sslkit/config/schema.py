@@ -227,7 +227,8 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = _f(200, ge=1)
     batch_size: int = _f(256, ge=1, help="global batch (split over processes)")
-    max_steps: Optional[int] = _f(None, ge=1, help="null: no cap")
+    max_steps: Optional[int] = _f(None, ge=1, help="null: no cap; a cap ends the run "
+                                  "and its schedule (warmup, cosine) there")
     checkpoint_every_steps: Optional[int] = _f(None, ge=1, help="null: once per epoch")
     checkpoint_every_minutes: Optional[float] = _f(
         None, gt=0, help="also a checkpoint when this much wall-clock time has passed since the "
